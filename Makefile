@@ -1,0 +1,51 @@
+# deepscope developer commands. `make demo` and `make test` work on a fresh machine with Python 3.11
+# and the package registries; a second run reuses .venv (stamps record what was installed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+OUT ?= runs/demo
+# The dev pins (torch, torchvision) lie on the project machines' local disk.
+CONSTRAINTS := -c constraints-dev.txt
+
+.PHONY: demo test test-slow lint bench clean help
+
+help:
+	@echo "make demo   - create .venv, install deepscope, run the flagship demo, print the report path"
+	@echo "make test   - create .venv with the test extras and run the whole test suite"
+	@echo "make lint   - ruff check + format check"
+	@echo "make bench  - run the benchmarks in bench/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch-stamp: constraints-dev.txt | $(BIN)/python
+	$(PIP) install -q $(CONSTRAINTS) torch torchvision
+	touch $@
+
+$(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp
+	$(PIP) install -q $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.test-stamp: pyproject.toml $(VENV)/.base-stamp
+	$(PIP) install -q $(CONSTRAINTS) -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base-stamp
+	$(BIN)/deepscope demo --out $(OUT)
+
+test: $(VENV)/.test-stamp
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.test-stamp
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: $(VENV)/.test-stamp
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: $(VENV)/.test-stamp
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache .ruff_cache

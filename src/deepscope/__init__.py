@@ -1,0 +1,48 @@
+"""deepscope: see inside PyTorch neural networks, while they train and after.
+
+Importing the package is cheap: sub-modules (and torch) load on first use of a name, so the
+report and the run store work on machines without torch.
+
+Example:
+    >>> import deepscope as ds
+    >>> ds.__version__  # doctest: +SKIP
+    '0.1.0'
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any
+
+try:
+    __version__ = metadata.version("deepscope")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+# public name -> module that defines it (loaded lazily, STYLE principle 15)
+_EXPORTS = {
+    "Recorder": "deepscope.recorder",
+    "list_layers": "deepscope.layers",
+    "resolve_layer": "deepscope.layers",
+    "LayerInfo": "deepscope.layers",
+    "preserved": "deepscope.guard",
+    "HookSet": "deepscope.hooks",
+    "RunReader": "deepscope.store",
+    "RunWriter": "deepscope.store",
+    "build_report": "deepscope.report",
+    "DeepscopeError": "deepscope.errors",
+    "LayerNotFoundError": "deepscope.errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'deepscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,166 @@
+"""The ``deepscope`` command line: thin commands over the library, heavy imports inside each command.
+
+A user error prints one line (``error: ...``) and exits with status 2; ``--debug`` shows the
+traceback. Output is plain when stdout is not a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+
+from deepscope import __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="deepscope",
+    help="See inside PyTorch neural networks: record, explain, inspect and report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+_state = {"debug": False}
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deepscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def demo(
+    name: Annotated[str, typer.Argument(help="Demo to run (see the README); default: toy2d.")] = "toy2d",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs, figures and report.")] = Path(
+        "runs/demo"
+    ),
+    quick: Annotated[bool, typer.Option("--quick", help="A much shorter run, for smoke tests.")] = False,
+) -> None:
+    """Run a built-in demo on data generated offline and write its HTML report."""
+    import deepscope.demos  # noqa: F401  (registers the demos)
+    from deepscope.registry import DEMOS
+
+    run = DEMOS.get(name)
+    start = time.perf_counter()
+    result = run(out / name, quick=quick)
+    console = _console()
+    console.print(f"demo {name!r} finished in {time.perf_counter() - start:.1f} s")
+    console.print(f"report: {result.report.resolve()}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs shown side by side.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write.")] = None,
+) -> None:
+    """Write a self-contained HTML report of recorded runs."""
+    from deepscope.report import build_report
+
+    path = build_report(run_dir, output)
+    _console().print(f"report: {path.resolve()}")
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="torchvision:NAME, a TorchScript file, or package.module:factory.")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint (state dict) to load, read with weights_only=True.")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option("--trust-checkpoint", help="Allow arbitrary pickled objects in --weights (trusted files only)."),
+    ] = False,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(help="Example input shape for output shapes, e.g. 1,3,224,224 (default for torchvision models)."),
+    ] = None,
+    leaves: Annotated[bool, typer.Option("--leaves", help="Only leaf modules.")] = False,
+) -> None:
+    """List a model's layers: dotted name, type, parameters and output shape."""
+    import torch
+
+    from deepscope._loading import load_model
+    from deepscope.layers import list_layers
+
+    net = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
+    shape = _parse_shape(input_shape) if input_shape else (1, 3, 224, 224) if model.startswith("torchvision:") else None
+    example = torch.zeros(shape) if shape else None
+    infos = list_layers(net, example, leaves_only=leaves)
+    _print_layers(infos, with_shapes=example is not None)
+    total = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    _console().print(f"total parameters: {total:,} (trainable {trainable:,})")
+
+
+def _print_layers(infos: list, *, with_shapes: bool) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("name", "type", "params", "trainable") + (("output shape",) if with_shapes else ()):
+        table.add_column(column, justify="right" if column in ("params", "trainable") else "left")
+    for info in infos:
+        row = ["  " * (info.depth - 1) + info.name, info.type, f"{info.params_total:,}", f"{info.trainable:,}"]
+        if with_shapes:
+            row.append("×".join(map(str, info.output_shape)) if info.output_shape else "—")
+        table.add_row(*row)
+    _console().print(table)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a shape; write it like 1,3,224,224") from None
+    if not shape or min(shape) < 1:
+        raise click.BadParameter(f"{text!r} is not a shape of positive sizes; write it like 1,3,224,224")
+    return shape
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status (the console-script entry point)."""
+    from deepscope.errors import DeepscopeError
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="deepscope", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except (DeepscopeError, FileNotFoundError, ValueError, TypeError, KeyError) as error:
+        if _state["debug"] or "--debug" in args:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        typer.echo(f"error: {message}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Exceptions raised by deepscope.
+
+Every error a user can cause derives from :class:`DeepscopeError`, so callers can catch
+one type; each also derives from the matching built-in (``KeyError``, ``ValueError``…)
+so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "DeepscopeError",
+    "LayerNotFoundError",
+    "SchemaVersionError",
+    "UnknownNameError",
+    "close_matches",
+]
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """Return up to ``n`` candidates closest to ``name``, best first.
+
+    Uses difflib's ratio first; when nothing is close enough (e.g. a very short or very
+    different name), falls back to candidates that contain ``name`` or share its last
+    dotted component, so a suggestion list is rarely empty.
+    """
+    pool = list(dict.fromkeys(candidates))
+    best = difflib.get_close_matches(name, pool, n=n, cutoff=0.5)
+    if len(best) < n:
+        tail = name.rsplit(".", 1)[-1]
+        for cand in pool:
+            if cand not in best and (name in cand or cand.rsplit(".", 1)[-1] == tail):
+                best.append(cand)
+            if len(best) == n:
+                break
+    return best
+
+
+class DeepscopeError(Exception):
+    """Base class of every error deepscope raises on purpose."""
+
+
+class UnknownNameError(DeepscopeError, KeyError):
+    """A name (method, demo, check…) is not in the registry it was looked up in."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        self.suggestions = close_matches(name, self.valid)
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(self.valid) or '(none)'}.")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class LayerNotFoundError(DeepscopeError, KeyError):
+    """A layer name does not match any ``named_modules()`` path of the model."""
+
+    def __init__(self, name: str, valid: Iterable[str]) -> None:
+        self.name = name
+        self.suggestions = close_matches(name, [v for v in valid if v])
+        hint = ", ".join(repr(s) for s in self.suggestions) or "(the model has no named sub-modules)"
+        super().__init__(
+            f"no layer named {name!r} in the model. Closest valid names: {hint}. "
+            "Run `deepscope layers MODEL` or `deepscope.list_layers(model)` to see them all."
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SchemaVersionError(DeepscopeError, ValueError):
+    """A run store was written with a schema version this deepscope cannot read."""

@@ -1,0 +1,361 @@
+"""Record a training run into a run store: scalars every step, probe-set snapshots every ``k`` steps.
+
+The :class:`Recorder` wraps any training loop. Its hot path (:meth:`Recorder.step`) only
+queues a few scalars; every ``every`` steps it runs the model on a fixed probe set (eval mode,
+no grad, inside :func:`deepscope.guard.preserved`) and stores the chosen layers' outputs and the
+predictions. Later issues add per-layer statistics as extra probes without changing this API.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from deepscope.guard import preserved
+from deepscope.hooks import HookSet
+from deepscope.layers import model_device, resolve_layers
+from deepscope.repro import library_versions
+from deepscope.store import RunWriter
+
+__all__ = ["TAGS", "PredictRule", "Recorder"]
+
+PredictRule = Literal["auto", "argmax", "logit", "probability"] | Callable[[Tensor], Tensor]
+
+
+class TAGS:
+    """Tag names the Recorder writes; the report reads the same constants."""
+
+    LOSS = "train/loss"
+    TRAIN_METRIC = "train/{name}"
+    ACCURACY = "probe/accuracy"
+    BALANCED_ACCURACY = "probe/balanced_accuracy"
+    PROBE_INPUTS = "probe/inputs"
+    PROBE_LABELS = "probe/labels"
+    PROBE_OUTPUT = "probe/output"
+    PROBE_PRED = "probe/pred"
+    REPR = "repr/{layer}"
+    GRID_SCORE = "input/grid_score"
+    # run-level meta keys
+    MAJORITY_BASELINE = "probe/majority_baseline"
+    CLASS_NAMES = "probe/class_names"
+    LAYERS = "repr/layers"
+    PROJECTION = "repr/projection"
+    GRID_EXTENT = "input/grid_extent"
+    EVERY = "recorder/every"
+
+
+_PROBE_INPUTS_MAX_NUMEL = 200_000  # probe inputs are stored only when small (e.g. 2-D toy points)
+
+
+class Recorder:
+    """Record scalars, layer outputs and probe-set predictions of a training run.
+
+    Use it as a context manager around any loop; call :meth:`step` once per optimisation step.
+    Step 0 (the untrained model) is snapshotted on entry, then every ``every`` steps, and the
+    final step on a clean exit.
+
+    Args:
+        model: the network being trained. It is never modified: snapshots run in eval mode
+            under ``torch.no_grad()`` and every flag and hook is restored afterwards.
+        run_dir: folder of the run store (created if missing; an existing store is appended to).
+        probe: a fixed ``(inputs, labels)`` pair evaluated at each snapshot; labels are class
+            indices ``(N,)``. Without it only scalars are recorded.
+        layers: layers whose outputs are stored at each snapshot (dotted names or modules).
+            Outputs are flattened to ``(N, D)``; when ``D > max_dims`` they are reduced with a
+            fixed Gaussian random projection (seeded, recorded in the run's meta).
+        every: snapshot period in steps.
+        predict: how to turn the model output into a class: ``"argmax"`` for ``(N, C)`` outputs,
+            ``"logit"`` (``> 0``) or ``"probability"`` (``> 0.5``) for a single output column,
+            or a callable. ``"auto"`` means argmax and raises for single-column outputs, which
+            are ambiguous.
+        class_names: display names of the classes, stored for the report.
+        name: run name shown in reports (defaults to the folder name).
+        config: hyper-parameters to store with the run (JSON-serialisable).
+        batch_size: probe samples per forward pass.
+        max_dims: largest layer width stored as is.
+        decision_grid: for 2-D probe inputs and a binary task, the resolution of the grid on
+            which the model's class-1 probability is also stored (0 disables it).
+
+    Example:
+        >>> with Recorder(model, "runs/exp1", probe=(x_val, y_val), layers=["fc1"], every=10) as rec:  # doctest: +SKIP
+        ...     for xb, yb in loader:
+        ...         loss = loss_fn(model(xb), yb); opt.zero_grad(); loss.backward(); opt.step()
+        ...         rec.step(loss=loss, metrics={"lr": opt.param_groups[0]["lr"]})
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        run_dir: str | os.PathLike[str],
+        *,
+        probe: tuple[Tensor, Tensor] | None = None,
+        layers: str | nn.Module | Sequence[str | nn.Module] = (),
+        every: int = 10,
+        predict: PredictRule = "auto",
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        batch_size: int = 512,
+        max_dims: int = 512,
+        decision_grid: int = 60,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer (snapshot period in steps), got {every!r}")
+        if batch_size < 1 or max_dims < 2:
+            raise ValueError("batch_size must be >= 1 and max_dims >= 2")
+        if not (callable(predict) or predict in ("auto", "argmax", "logit", "probability")):
+            raise ValueError(f"predict must be 'auto', 'argmax', 'logit', 'probability' or a callable, got {predict!r}")
+        self.model = model
+        self.run_dir = Path(run_dir)
+        self.every = every
+        self.predict = predict
+        self.batch_size = batch_size
+        self.max_dims = max_dims
+        self.layers = resolve_layers(model, layers) if layers else {}
+        self.class_names = list(class_names) if class_names is not None else None
+        self.name = name or self.run_dir.name
+        self.config = dict(config or {})
+        self.decision_grid = decision_grid
+        self.probe = _check_probe(probe) if probe is not None else None
+        self.global_step = 0
+        self._writer: RunWriter | None = None
+        self._last_snapshot: int | None = None
+        self._projections: dict[str, Tensor] = {}
+        self._grid: Tensor | None = None
+        self._last_time = 0.0
+
+    # -- context management -------------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(failed=exc_type is not None)
+
+    def open(self) -> None:
+        """Create the store, write run-level metadata and snapshot the untrained model (step 0)."""
+        if self._writer is not None:
+            return
+        self._writer = RunWriter(self.run_dir, name=self.name, config=self.config, versions=library_versions())
+        self._writer.set_meta(TAGS.EVERY, self.every)
+        self._writer.set_meta(TAGS.LAYERS, list(self.layers))
+        if self.class_names is not None:
+            self._writer.set_meta(TAGS.CLASS_NAMES, self.class_names)
+        if self.probe is not None:
+            self._write_probe_constants(self._writer, *self.probe)
+        self._last_time = time.perf_counter()
+        self.snapshot()
+
+    def close(self, *, failed: bool = False) -> None:
+        """Snapshot the final step (on success), flush every pending row and close the store."""
+        writer = self._writer
+        if writer is None:
+            return
+        status = "failed" if failed else "finished"
+        try:
+            if not failed and self._last_snapshot != self.global_step:
+                self.snapshot()
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            self._writer = None
+            writer.set_status(status)
+            writer.close()
+
+    # -- hot path -------------------------------------------------------------------------------
+    def step(self, loss: float | Tensor | None = None, metrics: Mapping[str, float | Tensor] | None = None) -> None:
+        """Count one optimisation step, record its loss and metrics, and snapshot every ``every`` steps."""
+        writer = self._require_open()
+        self.global_step += 1
+        now = time.perf_counter()
+        values: dict[str, float] = {"train/step_time_s": now - self._last_time}
+        self._last_time = now
+        if loss is not None:
+            values[TAGS.LOSS] = _to_float(loss)
+        for key, value in (metrics or {}).items():
+            values[TAGS.TRAIN_METRIC.format(name=key)] = _to_float(value)
+        writer.add_scalars(self.global_step, values)
+        if self.global_step % self.every == 0:
+            self.snapshot()
+
+    def log_scalar(self, tag: str, value: float | Tensor, step: int | None = None) -> None:
+        """Record a user scalar at ``step`` (the current step by default)."""
+        self._require_open().add_scalar(tag, self.global_step if step is None else step, _to_float(value))
+
+    def log_tensor(self, tag: str, value: Tensor | np.ndarray, step: int | None = None) -> None:
+        """Record a user array at ``step`` (the current step by default)."""
+        array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+        self._require_open().add_tensor(tag, self.global_step if step is None else step, array)
+
+    # -- snapshots ----------------------------------------------------------------------------------
+    def snapshot(self) -> None:
+        """Evaluate the probe set now and store layer outputs, predictions and accuracies."""
+        writer = self._require_open()
+        self._last_snapshot = self.global_step
+        if self.probe is None:
+            return
+        inputs, labels = self.probe
+        outputs, layer_outputs = self._forward_probe(inputs)
+        pred = self._predict(outputs)
+        step = self.global_step
+        correct = pred == labels.to(pred.device)
+        writer.add_scalars(
+            step,
+            {
+                TAGS.ACCURACY: correct.float().mean().item(),
+                TAGS.BALANCED_ACCURACY: _balanced_accuracy(pred.cpu(), labels),
+            },
+        )
+        writer.add_tensor(TAGS.PROBE_OUTPUT, step, outputs.float().cpu().numpy())
+        writer.add_tensor(TAGS.PROBE_PRED, step, pred.cpu().numpy().astype(np.int64))
+        for layer, value in layer_outputs.items():
+            writer.add_tensor(TAGS.REPR.format(layer=layer), step, value.cpu().numpy())
+        if self._grid is not None and not callable(self.predict) and _is_binary(outputs):
+            scores = self._positive_score(self._forward_probe(self._grid)[0])
+            side = self.decision_grid
+            writer.add_tensor(TAGS.GRID_SCORE, step, scores.reshape(side, side).float().cpu().numpy())
+
+    def _forward_probe(self, inputs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run the model on ``inputs`` in batches; return outputs and the flattened layer outputs."""
+        device = model_device(self.model)
+        outputs: list[Tensor] = []
+        captured: dict[str, list[Tensor]] = {name: [] for name in self.layers}
+        with preserved(self.model, grads=False), torch.no_grad(), HookSet() as hooks:
+            self.model.eval()
+            latest = hooks.capture_outputs(self.layers, transform=lambda t: t.detach().flatten(1).float())
+            for start in range(0, inputs.shape[0], self.batch_size):
+                batch = inputs[start : start + self.batch_size].to(device)
+                out = self.model(batch)
+                if not isinstance(out, Tensor):
+                    raise TypeError(
+                        f"the Recorder needs a model that returns a Tensor, got {type(out).__name__}; "
+                        "wrap the model so that forward returns the logits"
+                    )
+                outputs.append(out.detach())
+                for name in self.layers:
+                    if name not in latest:
+                        raise RuntimeError(f"layer {name!r} was not called during the forward pass of the probe set")
+                    captured[name].append(latest.pop(name))
+        layer_outputs = {name: self._project(name, torch.cat(chunks)) for name, chunks in captured.items()}
+        return torch.cat(outputs), layer_outputs
+
+    def _project(self, layer: str, values: Tensor) -> Tensor:
+        """Reduce ``(N, D)`` values to at most ``max_dims`` columns with a fixed random projection."""
+        width = values.shape[1]
+        if width <= self.max_dims:
+            return values
+        if layer not in self._projections:
+            generator = torch.Generator().manual_seed(0)
+            matrix = torch.randn(width, self.max_dims, generator=generator) / self.max_dims**0.5
+            self._projections[layer] = matrix.to(values.device)
+            self._require_open().set_meta(
+                f"{TAGS.PROJECTION}/{layer}",
+                {"kind": "gaussian_random", "seed": 0, "from": width, "to": self.max_dims},
+            )
+        return values @ self._projections[layer]  # (N, D) @ (D, max_dims)
+
+    def _predict(self, outputs: Tensor) -> Tensor:
+        rule = self.predict
+        if callable(rule):
+            return rule(outputs).long().flatten()
+        single = outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
+        if single:
+            if rule in ("auto", "argmax"):
+                raise ValueError(
+                    "the model has a single output column, so the class cannot be taken by argmax; pass "
+                    "predict='logit' (class 1 when the output > 0) or predict='probability' (when > 0.5)"
+                )
+            threshold = 0.0 if rule == "logit" else 0.5
+            return (outputs.flatten() > threshold).long()
+        if rule != "auto" and rule != "argmax":
+            raise ValueError(
+                f"predict={rule!r} needs a single output column, got outputs of shape {tuple(outputs.shape)}"
+            )
+        return outputs.flatten(1).argmax(dim=1)
+
+    def _positive_score(self, outputs: Tensor) -> Tensor:
+        """Probability of class 1 for a binary task, used for the input-space decision map."""
+        if outputs.ndim == 2 and outputs.shape[1] == 2:
+            return outputs.softmax(dim=1)[:, 1]
+        flat = outputs.flatten()
+        return torch.sigmoid(flat) if self.predict == "logit" else flat
+
+    def _write_probe_constants(self, writer: RunWriter, inputs: Tensor, labels: Tensor) -> None:
+        counts = np.bincount(labels.numpy())
+        writer.set_meta(TAGS.MAJORITY_BASELINE, float(counts.max() / counts.sum()))
+        writer.add_tensor(TAGS.PROBE_LABELS, 0, labels.numpy().astype(np.int64))
+        if inputs.numel() <= _PROBE_INPUTS_MAX_NUMEL:
+            writer.add_tensor(TAGS.PROBE_INPUTS, 0, inputs.float().cpu().numpy())
+        if self.decision_grid > 0 and inputs.ndim == 2 and inputs.shape[1] == 2:
+            self._grid, extent = _grid_over(inputs, self.decision_grid)
+            writer.set_meta(TAGS.GRID_EXTENT, extent)
+
+    def _require_open(self) -> RunWriter:
+        if self._writer is None:
+            raise RuntimeError("the Recorder is not open: use it as `with Recorder(...) as rec:` or call rec.open()")
+        return self._writer
+
+
+def _check_probe(probe: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Validate a probe pair and return (inputs, labels as int64 on the CPU)."""
+    if not (isinstance(probe, (tuple, list)) and len(probe) == 2):
+        raise TypeError("probe must be a pair (inputs, labels) of tensors")
+    inputs, labels = probe
+    if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError(f"probe must hold tensors, got ({type(inputs).__name__}, {type(labels).__name__})")
+    labels = labels.detach().flatten().cpu()
+    if labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"probe inputs have {inputs.shape[0]} samples but labels have {labels.shape[0]}")
+    if labels.is_floating_point():
+        if not torch.equal(labels, labels.round()):
+            raise ValueError("probe labels must be class indices (integers), got non-integral floats")
+        labels = labels.long()
+    if labels.numel() and labels.min() < 0:
+        raise ValueError(f"probe labels must be class indices >= 0, got {labels.min().item()}")
+    return inputs.detach(), labels.long()
+
+
+def _grid_over(points: Tensor, side: int) -> tuple[Tensor, list[float]]:
+    """A ``side × side`` grid covering the points' bounding box (5 % margin), rows along y."""
+    low = points.min(dim=0).values.float().cpu()
+    high = points.max(dim=0).values.float().cpu()
+    margin = 0.05 * (high - low)
+    low, high = low - margin, high + margin
+    xs = torch.linspace(low[0].item(), high[0].item(), side)
+    ys = torch.linspace(low[1].item(), high[1].item(), side)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1).to(points.dtype)  # (side², 2)
+    return grid, [low[0].item(), high[0].item(), low[1].item(), high[1].item()]
+
+
+def _balanced_accuracy(pred: Tensor, labels: Tensor) -> float:
+    """Mean per-class recall over the classes present in ``labels`` (scikit-learn's definition)."""
+    support = torch.bincount(labels)
+    hits = torch.bincount(labels[pred == labels], minlength=support.numel())
+    present = support > 0
+    return float((hits[present] / support[present]).mean()) if present.any() else float("nan")
+
+
+def _is_binary(outputs: Tensor) -> bool:
+    return outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] in (1, 2))
+
+
+def _to_float(value: float | Tensor) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"expected a scalar, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach().item())
+    return float(value)

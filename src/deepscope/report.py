@@ -1,0 +1,395 @@
+"""Build a self-contained HTML report from one run or a folder of runs.
+
+The report reads run stores only (no torch import): it renders figures and animations with
+:mod:`deepscope.plots` into ``figures/`` beside the report, then inlines every image into one
+HTML file that makes no external request. User strings (run names, class names, config values)
+are escaped by Jinja's autoescaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from deepscope import plots
+from deepscope.store import RunReader, find_runs
+
+__all__ = ["build_report"]
+
+# Tag names written by deepscope.recorder.Recorder (duplicated as plain strings: the report must not import torch).
+_LOSS = "train/loss"
+_ACCURACY = "probe/accuracy"
+_BALANCED = "probe/balanced_accuracy"
+_INPUTS = "probe/inputs"
+_LABELS = "probe/labels"
+_PRED = "probe/pred"
+_REPR = "repr/{layer}"
+_GRID = "input/grid_score"
+_META_BASELINE = "probe/majority_baseline"
+_META_CLASSES = "probe/class_names"
+_META_LAYERS = "repr/layers"
+_META_EXTENT = "input/grid_extent"
+_MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
+
+
+@dataclass(frozen=True)
+class _Figure:
+    path: Path
+    caption: str
+    downloads: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Section:
+    anchor: str
+    title: str
+    paragraphs: tuple[str, ...]  # trusted static text written here, escaped anyway
+    figures: tuple[_Figure, ...] = ()
+    table: tuple[tuple[str, ...], ...] = ()  # first row is the header
+    notes: tuple[str, ...] = field(default=())
+
+
+def build_report(
+    path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, title: str | None = None
+) -> Path:
+    """Render the runs under ``path`` into one self-contained HTML file and return its path.
+
+    Args:
+        path: a run folder (holding ``run.sqlite``) or a folder of runs shown side by side.
+        out: the HTML file to write (default ``<path>/report.html``); figures, GIF and MP4
+            files are written to a ``figures/`` folder beside it.
+        title: the report title (default: derived from the folder name).
+    """
+    root = Path(path)
+    run_dirs = find_runs(root)
+    out_file = Path(out) if out is not None else root / "report.html"
+    fig_dir = out_file.parent / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    readers = [RunReader(d) for d in run_dirs]
+    try:
+        sections: list[_Section] = []
+        for build in _SECTIONS:
+            result = build(readers, fig_dir)
+            sections.extend(result if isinstance(result, list) else [result] if result is not None else [])
+    finally:
+        for reader in readers:
+            reader.close()
+    page = _render(title or f"deepscope report — {root.resolve().name}", sections, run_dirs, out_file.parent)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out_file)
+    return out_file
+
+
+# -- sections ---------------------------------------------------------------------------------------
+
+
+def _overview(readers: Sequence[RunReader], fig_dir: Path) -> _Section:
+    rows: list[tuple[str, ...]] = [("run", "status", "steps", "final accuracy", "majority baseline", "configuration")]
+    for reader in readers:
+        info = reader.info
+        steps = reader.scalars(_LOSS).steps if _LOSS in reader.scalar_tags() else np.array([0])
+        accuracy = reader.scalars(_ACCURACY).values if _ACCURACY in reader.scalar_tags() else np.array([])
+        baseline = reader.meta().get(_META_BASELINE)
+        config = ", ".join(f"{k}={v}" for k, v in info.config.items() if not isinstance(v, (list, dict)))
+        rows.append(
+            (
+                info.name,
+                info.status,
+                str(int(steps.max())) if steps.size else "0",
+                f"{accuracy[-1]:.1%}" if accuracy.size else "—",
+                f"{baseline:.1%}" if isinstance(baseline, (int, float)) else "—",
+                config,
+            )
+        )
+    return _Section(
+        "overview",
+        "Runs",
+        ("Each row is one recorded run. Accuracy is measured on the fixed probe set at the last snapshot.",),
+        table=tuple(rows),
+    )
+
+
+def _task(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+    reader = readers[0]
+    if _INPUTS not in reader.tensor_tags():
+        return None
+    inputs = reader.tensor(_INPUTS, 0)
+    if inputs.ndim != 2 or inputs.shape[1] != 2:
+        return None
+    labels = reader.tensor(_LABELS, 0)
+    circles = [tuple(c) for c in reader.info.config.get("circles", [])]
+    png = plots.toy_task_figure(inputs, labels, fig_dir / "task.png", circles=circles, class_names=_class_names(reader))
+    counts = np.bincount(labels)
+    share = ", ".join(
+        f"{name}: {n} ({n / counts.sum():.1%})" for name, n in zip(_class_names(reader), counts, strict=False)
+    )
+    return _Section(
+        "task",
+        "The task",
+        (
+            "Each point is one input; its colour and marker give its true class. The outlines are the regions "
+            f"that define the positive class. Class balance: {share}.",
+            "An imbalanced task has a trap: a network that always answers the majority class is already "
+            f"{counts.max() / counts.sum():.1%} accurate. Any accuracy must be read against that baseline.",
+        ),
+        figures=(_Figure(png, "The probe set: the inputs every snapshot is computed on."),),
+    )
+
+
+def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+    curves = []
+    for reader in readers:
+        if _ACCURACY not in reader.scalar_tags():
+            continue
+        acc = reader.scalars(_ACCURACY)
+        bal = reader.scalars(_BALANCED)
+        curves.append((reader.info.name, acc.steps, {"accuracy": acc.values, "balanced accuracy": bal.values}))
+    if not curves:
+        return None
+    baseline = readers[0].meta().get(_META_BASELINE)
+    png = plots.training_curves(curves, fig_dir / "accuracy.png", baseline=baseline, xlabel=_step_label(readers[0]))
+    return _Section(
+        "accuracy",
+        "Accuracy against the majority baseline",
+        (
+            "Solid lines: accuracy on the probe set; dashed: balanced accuracy (the mean of the per-class "
+            "recalls, which a majority-class predictor holds at 50 %). The dotted line is the majority-class "
+            "baseline. Accuracy below it means the network has not yet learnt anything a constant answer "
+            "would not give — the seed article's \u201c36 % \u2192 82 %\u201d is still below its 84.3 % baseline.",
+            "What to look for: when balanced accuracy leaves 50 %, the network starts to separate the minority "
+            "class; runs that differ only by their seed can take very different paths.",
+        ),
+        figures=(_Figure(png, "Probe-set accuracy (solid) and balanced accuracy (dashed) per training step."),),
+    )
+
+
+def _loss(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+    curves = [
+        (r.info.name, (s := r.scalars(_LOSS, max_points=2000)).steps, s.values)
+        for r in readers
+        if _LOSS in r.scalar_tags()
+    ]
+    if not curves:
+        return None
+    png = plots.loss_curves(
+        curves, fig_dir / "loss.png", title="Training loss per step", xlabel=_step_label(readers[0])
+    )
+    return _Section(
+        "loss",
+        "Training loss",
+        (
+            "The mini-batch loss at every step (long series are downsampled keeping each bucket's minimum "
+            "and maximum, so spikes stay visible). Noise is expected with small batches; a trend that stops "
+            "falling while accuracy is still near the baseline points to a learning-rate or capacity problem.",
+        ),
+        figures=(_Figure(png, "Training loss (mini-batch) per step."),),
+    )
+
+
+def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[_Section]:
+    layers = readers[0].meta().get(_META_LAYERS) or []
+    sections = []
+    for layer in layers:
+        tag = _REPR.format(layer=layer)
+        runs = [_scatter_sequence(r, tag) for r in readers if tag in r.tensor_tags() and _PRED in r.tensor_tags()]
+        if not runs:
+            continue
+        names = _class_names(readers[0])
+        slug = _slug(layer)
+        by_correct = plots.representation_animation(
+            runs, fig_dir / f"repr_{slug}_correctness", color_by="correctness", class_names=names, layer=layer
+        )
+        by_class = plots.representation_animation(
+            runs, fig_dir / f"repr_{slug}_class", color_by="class", class_names=names, layer=layer
+        )
+        width = readers[0].tensor(tag, int(readers[0].tensor_steps(tag)[0])).shape[1]
+        how = (
+            "its two units, each z-scored per frame"
+            if width == 2
+            else f"its first two principal components (of {width} stored dimensions), aligned frame to frame"
+        )
+        sections.append(
+            _Section(
+                f"repr-{slug}",
+                f"Inside the network: layer “{layer}” during training",
+                (
+                    f"Every point of the probe set, as seen by layer {layer!r}: {how}. One panel per run, one "
+                    "frame per snapshot. Left animation: blue circles are classified correctly, vermillion crosses "
+                    "wrongly. Right: the same frames in the true-class colours.",
+                    "What to look for: the network must move the two classes to opposite ends of a line the last "
+                    "layer can threshold. Watch one cluster being isolated first, then the other; rays from the "
+                    "origin are the images of the input square's corners through the ReLU layer.",
+                ),
+                figures=(
+                    _Figure(_pick(by_correct, ".gif"), "Coloured by correctness.", _downloads(by_correct)),
+                    _Figure(_pick(by_class, ".gif"), "Coloured by true class.", _downloads(by_class)),
+                ),
+            )
+        )
+    return sections
+
+
+def _decision(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+    usable = [r for r in readers if _GRID in r.tensor_tags() and _INPUTS in r.tensor_tags()]
+    if not usable:
+        return None
+    runs = []
+    for reader in usable:
+        steps, grids = reader.tensors(_GRID)
+        runs.append((reader.info.name, steps, np.stack(grids)))
+    first = usable[0]
+    extent = tuple(first.meta()[_META_EXTENT])
+    paths = plots.decision_animation(
+        runs,
+        extent,  # type: ignore[arg-type]  # stored as a 4-item list
+        first.tensor(_INPUTS, 0),
+        first.tensor(_LABELS, 0),
+        fig_dir / "decision",
+        class_names=_class_names(first),
+    )
+    snapshots = plots.decision_snapshots(
+        runs,
+        extent,
+        first.tensor(_INPUTS, 0),
+        first.tensor(_LABELS, 0),
+        fig_dir / "decision_snapshots.png",
+        class_names=_class_names(first),
+    )
+    return _Section(
+        "decision",
+        "The decision boundary in input space",
+        (
+            "The colour is the network's probability of the positive class on a grid over the inputs; the "
+            "black line is the 0.5 contour, i.e. the decision boundary. Points keep their true-class colours.",
+            "What to look for: the boundary first wraps the large disc, later (if ever) the small one. A run whose "
+            "boundary never reaches the small disc is stuck below the accuracy it could reach.",
+        ),
+        figures=(
+            _Figure(_pick(paths, ".gif"), "Decision map over training, one panel per run.", _downloads(paths)),
+            _Figure(snapshots, "Snapshots at evenly spaced steps (rows: runs)."),
+        ),
+    )
+
+
+def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> _Section:
+    rows: list[tuple[str, ...]] = [("run", "run id", "created (UTC)", "versions")]
+    for reader in readers:
+        info = reader.info
+        created = datetime.fromtimestamp(info.created, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        versions = ", ".join(f"{k} {v}" for k, v in info.versions.items())
+        rows.append((info.name, info.run_id, created, versions))
+    configs = tuple(f"{r.info.name}: {json.dumps(r.info.config, sort_keys=True)}" for r in readers)
+    return _Section("provenance", "Provenance", ("What produced these runs.",), table=tuple(rows), notes=configs)
+
+
+_SECTIONS: list[Callable[[Sequence[RunReader], Path], _Section | list[_Section] | None]] = [
+    _overview,
+    _task,
+    _accuracy,
+    _loss,
+    _representation,
+    _decision,
+    _provenance,
+]
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _scatter_sequence(reader: RunReader, tag: str) -> plots.ScatterSequence:
+    labels = reader.tensor(_LABELS, 0)
+    steps, values = reader.tensors(tag)
+    pred_steps, preds = reader.tensors(_PRED)
+    pred_by_step = dict(zip(pred_steps.tolist(), preds, strict=False))
+    keep = [i for i, s in enumerate(steps.tolist()) if s in pred_by_step]
+    steps = steps[keep]
+    points = _to_2d([values[i] for i in keep])
+    correct = np.stack([pred_by_step[s] == labels for s in steps.tolist()])  # (F, N)
+    return plots.ScatterSequence(
+        label=reader.info.name,
+        steps=steps,
+        points=points,
+        correct=correct,
+        labels=labels,
+        accuracy=correct.mean(axis=1),
+    )
+
+
+def _to_2d(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack ``(N, D)`` frames into ``(F, N, 2)``: as is for D = 2, else PCA aligned frame to frame.
+
+    Each frame is projected on its own top-2 principal axes, then rotated/reflected onto the previous
+    frame (orthogonal Procrustes) so that the animation does not flip or spin between frames.
+    """
+    stacked = np.stack([np.asarray(f, dtype=np.float64) for f in frames])  # (F, N, D)
+    if stacked.shape[2] == 2:
+        return stacked
+    if stacked.shape[2] == 1:
+        return np.concatenate([stacked, np.zeros_like(stacked)], axis=2)
+    out = np.empty((*stacked.shape[:2], 2))
+    previous = None
+    for i, frame in enumerate(stacked):
+        centred = frame - frame.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        proj = centred @ vt[:2].T  # (N, 2)
+        if previous is not None:
+            u, _, wt = np.linalg.svd(proj.T @ previous)
+            proj = proj @ (u @ wt)
+        out[i] = previous = proj
+    return out
+
+
+def _class_names(reader: RunReader) -> list[str]:
+    names = reader.meta().get(_META_CLASSES)
+    if names:
+        return [str(n) for n in names]
+    labels = reader.tensor(_LABELS, 0) if _LABELS in reader.tensor_tags() else np.array([0, 1])
+    return [f"class {i}" for i in range(int(labels.max()) + 1)]
+
+
+def _step_label(reader: RunReader) -> str:
+    batch = reader.info.config.get("batch_size")
+    return f"training step (batches of {batch})" if batch else "training step"
+
+
+def _pick(paths: Sequence[Path], suffix: str) -> Path:
+    return next(p for p in paths if p.suffix == suffix)
+
+
+def _downloads(paths: Sequence[Path]) -> tuple[Path, ...]:
+    return tuple(p for p in paths if p.suffix in (".mp4", ".gif"))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text) or "root"
+
+
+def _data_uri(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"data:{_MIME[path.suffix]};base64,{data}"
+
+
+def _render(title: str, sections: Sequence[_Section], run_dirs: Sequence[Path], base: Path) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("deepscope", "templates"), autoescape=select_autoescape(default=True))
+    env.filters["data_uri"] = _data_uri
+    from deepscope import __version__
+
+    return env.get_template("report.html").render(
+        title=title,
+        sections=sections,
+        runs=[str(d) for d in run_dirs],
+        version=__version__,
+        generated=datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        relative=lambda p: os.path.relpath(p, base),
+    )

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny models built deterministically, and a seeded generator.
+
+Models are built inside ``torch.random.fork_rng`` with a fixed seed, so their weights are
+reproducible and building them never disturbs the global RNG of other tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    """conv-bn-relu(inplace)-pool-conv-relu, global average pool, linear head (10 classes)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 8, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (N, 8, H/2, W/2)
+        return self.fc(self.pool(x).flatten(1))  # (N, num_classes)
+
+
+def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def build_tiny_cnn() -> nn.Module:
+    return _seeded(TinyCNN)
+
+
+def build_demo_mlp() -> nn.Module:
+    """The seed's training-dynamics network: 2 -> Dense(100)+ReLU -> Dense(2) -> Dense(1)+sigmoid."""
+    return _seeded(
+        lambda: nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 2), nn.Linear(2, 1), nn.Sigmoid())
+    )
+
+
+@pytest.fixture(scope="session")
+def model_builders() -> dict[str, Callable[[], nn.Module]]:
+    """Builders of the tiny models, for module-scoped caches (deepcopy the result per test)."""
+    return {"tiny_cnn": build_tiny_cnn, "demo_mlp": build_demo_mlp}
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    """A CPU generator with a fixed seed; pass it to every random call in tests."""
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def tiny_cnn() -> nn.Module:
+    return build_tiny_cnn()
+
+
+@pytest.fixture
+def tiny_images(generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=generator)
+
+
+@pytest.fixture
+def demo_mlp() -> nn.Module:
+    return build_demo_mlp()

@@ -1,0 +1,73 @@
+"""DESIGN §2: a module imports only from its own or lower layers; store, report and plots never import torch."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "deepscope"
+
+# module (relative dotted path without the package) -> layer; packages map their children.
+LAYERS = {
+    "errors": 0,
+    "registry": 0,
+    "_progress": 0,
+    "store": 1,
+    "layers": 1,
+    "hooks": 1,
+    "guard": 1,
+    "targets": 1,
+    "_loading": 1,
+    "repro": 2,
+    "recorder": 3,
+    "plots": 4,
+    "report": 4,
+    "demos": 5,
+    "cli": 5,
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[0]
+    if top not in LAYERS:
+        raise KeyError(f"module {module!r} has no layer in tests/test_architecture.py: add it")
+    return LAYERS[top]
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deepscope."):
+            found.add(node.module.removeprefix("deepscope."))
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("deepscope.") for a in node.names if a.name.startswith("deepscope."))
+    return found
+
+
+MODULES = sorted(p for p in SRC.rglob("*.py") if p.name != "__init__.py" or p.parent != SRC)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+def test_imports_point_down(path):
+    module = _module_name(path).removesuffix(".__init__")
+    own = _layer(module)
+    for target in _imports(path):
+        assert _layer(target) <= own, f"{module} (layer {own}) imports {target} (layer {_layer(target)})"
+
+
+@pytest.mark.parametrize("module", ["deepscope.store", "deepscope.report", "deepscope.plots", "deepscope.errors"])
+def test_torch_free_modules(module):
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_package_import_is_lazy():
+    code = "import sys, deepscope; assert 'torch' not in sys.modules; assert deepscope.__version__"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,91 @@
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from deepscope import __version__
+from deepscope.cli import main
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"deepscope {__version__}"
+
+
+def test_layers_of_a_torchvision_model(capsys):
+    assert main(["layers", "torchvision:resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4.1.conv2" in out and "Conv2d" in out
+    assert "1×512×7×7" in out and "1×1000" in out
+    assert "total parameters: 11,689,512" in out
+
+
+def test_unknown_torchvision_model_suggests(capsys):
+    assert main(["layers", "torchvision:resnet19"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown torchvision model 'resnet19'") and "resnet18" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_bad_spec_is_one_line(capsys):
+    assert main(["layers", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert "valid forms" in err and err.count("\n") == 1
+
+
+def test_factory_and_torchscript_and_checkpoint(tmp_path, capsys, monkeypatch):
+    pkg = tmp_path / "mymodels.py"
+    pkg.write_text(
+        "import torch.nn as nn\ndef tiny():\n    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["layers", "mymodels:tiny", "--input-shape", "5,3"]) == 0
+    out = capsys.readouterr().out
+    assert "5×4" in out and "5×2" in out
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    scripted = tmp_path / "tiny.pt"
+    torch.jit.script(model).save(str(scripted))
+    assert main(["layers", str(scripted)]) == 0
+    assert "Linear" in capsys.readouterr().out
+
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    assert main(["layers", "mymodels:tiny", "--weights", str(good)]) == 0
+    capsys.readouterr()
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_unsafe_checkpoint_is_refused_without_trust(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {}, "extra": Payload()}, bad, pickle_module=pickle)
+    assert main(["layers", "torchvision:resnet18", "--weights", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert "--trust-checkpoint" in captured.err
+    assert "pickled code ran" not in captured.out
+
+
+def test_report_command_on_missing_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_unknown_demo(capsys):
+    assert main(["demo", "toy3d"]) == 2
+    assert "toy2d" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(KeyError):
+        main(["--debug", "demo", "toy3d"])
+
+
+def test_demo_quick_via_cli(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and (tmp_path / "toy2d" / "report.html").exists()

@@ -1,0 +1,56 @@
+import re
+
+import imageio.v3 as iio
+import pytest
+
+from deepscope.demos import toy2d
+from deepscope.store import RunReader
+
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:|//)|url\(\s*["']?(https?:|//)|@import""", re.I)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    return toy2d.run(tmp_path_factory.mktemp("demo"), quick=True)
+
+
+def test_quick_demo_writes_runs_figures_and_report(quick_demo):
+    out = quick_demo.out_dir
+    assert [p.name for p in quick_demo.runs] == ["seed-0", "seed-1"]
+    figures = out / "figures"
+    for name in (
+        "task.png",
+        "accuracy.png",
+        "loss.png",
+        "repr_bottleneck_correctness.gif",
+        "repr_bottleneck_correctness.mp4",
+        "repr_bottleneck_class.gif",
+        "repr_bottleneck_class.mp4",
+        "decision.gif",
+        "decision.mp4",
+        "decision_snapshots.png",
+    ):
+        assert (figures / name).stat().st_size > 0, name
+    # 2 epochs of 100 steps, a snapshot every 20 steps: frames at 0, 20, ..., 200
+    frames = iio.imread(figures / "repr_bottleneck_correctness.gif", index=None)
+    assert frames.shape[0] == 11
+    with RunReader(quick_demo.runs[0]) as reader:
+        assert reader.tensor_steps("repr/bottleneck").tolist() == list(range(0, 201, 20))
+        assert reader.meta()["probe/majority_baseline"] == pytest.approx(0.843)
+
+
+def test_report_is_self_contained(quick_demo):
+    page = quick_demo.report.read_text(encoding="utf-8")
+    assert not EXTERNAL.search(page), EXTERNAL.search(page)
+    assert page.count('src="data:image/') >= 7
+    for anchor in ("task", "accuracy", "loss", "repr-bottleneck", "decision", "provenance"):
+        assert f'id="{anchor}"' in page
+    assert "84.3%" in page  # the majority baseline is stated
+
+
+@pytest.mark.slow
+def test_full_demo_matches_the_issue(tmp_path):
+    result = toy2d.run(tmp_path)
+    assert len(result.runs) == 3
+    frames = iio.imread(tmp_path / "figures" / "repr_bottleneck_class.gif", index=None)
+    assert frames.shape[0] == 101

@@ -1,0 +1,152 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+
+from deepscope.demos import toy2d
+from deepscope.errors import LayerNotFoundError
+from deepscope.recorder import TAGS, Recorder
+from deepscope.store import RunReader
+
+
+def _classifier(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def _train(model, rec, steps, generator):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        x = torch.randn(8, 4, generator=generator)
+        y = torch.randint(0, 3, (8,), generator=generator)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.step(loss=loss, metrics={"lr": 0.1})
+
+
+def test_records_scalars_snapshots_and_predictions(tmp_path, generator):
+    model = _classifier()
+    probe_x = torch.randn(50, 4, generator=generator)
+    probe_y = torch.randint(0, 3, (50,), generator=generator)
+    with Recorder(model, tmp_path / "run", probe=(probe_x, probe_y), layers=["1"], every=4) as rec:
+        _train(model, rec, 10, generator)
+    with RunReader(tmp_path / "run") as reader:
+        loss = reader.scalars(TAGS.LOSS)
+        assert loss.steps.tolist() == list(range(1, 11))
+        assert reader.scalars("train/lr").values.tolist() == [0.1] * 10
+        # step 0 on entry, every 4 steps, and the final step on exit
+        assert reader.tensor_steps(TAGS.PROBE_PRED).tolist() == [0, 4, 8, 10]
+        assert reader.tensor_steps("repr/1").tolist() == [0, 4, 8, 10]
+        assert reader.tensor("repr/1", 10).shape == (50, 32)
+        final_pred = reader.tensor(TAGS.PROBE_PRED, 10)
+        with torch.no_grad():
+            expected = model(probe_x).argmax(1).numpy()
+            hidden = torch.relu(model[0](probe_x)).numpy()
+        np.testing.assert_array_equal(final_pred, expected)
+        np.testing.assert_allclose(reader.tensor("repr/1", 10), hidden, rtol=1e-6)
+        acc = reader.scalars(TAGS.ACCURACY)
+        bal = reader.scalars(TAGS.BALANCED_ACCURACY)
+        assert acc.values[-1] == pytest.approx((expected == probe_y.numpy()).mean())
+        assert bal.values[-1] == pytest.approx(balanced_accuracy_score(probe_y.numpy(), expected))
+        assert reader.meta()[TAGS.MAJORITY_BASELINE] == pytest.approx(np.bincount(probe_y).max() / 50)
+        assert reader.info.status == "finished"
+
+
+def test_wide_layers_are_projected_and_documented(tmp_path, generator):
+    model = _classifier()
+    probe = (torch.randn(20, 4, generator=generator), torch.randint(0, 3, (20,), generator=generator))
+    with Recorder(model, tmp_path / "r", probe=probe, layers=["0"], max_dims=8) as rec:
+        rec.step(loss=1.0)
+    with RunReader(tmp_path / "r") as reader:
+        assert reader.tensor("repr/0", 0).shape == (20, 8)
+        assert reader.meta()["repr/projection/0"] == {"kind": "gaussian_random", "seed": 0, "from": 32, "to": 8}
+
+
+def test_failure_inside_the_loop_marks_the_run_failed(tmp_path, generator):
+    model = _classifier()
+    with pytest.raises(RuntimeError, match="boom"), Recorder(model, tmp_path / "r") as rec:
+        rec.step(loss=2.0)
+        raise RuntimeError("boom")
+    with RunReader(tmp_path / "r") as reader:
+        assert reader.info.status == "failed"
+        assert reader.scalars(TAGS.LOSS).values.tolist() == [2.0]
+
+
+def test_single_output_needs_an_explicit_rule(tmp_path, generator):
+    model = nn.Linear(2, 1)
+    probe = (torch.randn(10, 2, generator=generator), torch.randint(0, 2, (10,), generator=generator))
+    with pytest.raises(ValueError, match="predict='logit'"), Recorder(model, tmp_path / "r", probe=probe):
+        pass
+
+
+def test_unknown_layer_suggests_the_closest(tmp_path):
+    model = toy2d.make_model(0)
+    with pytest.raises(LayerNotFoundError, match="'bottleneck'"):
+        Recorder(model, tmp_path / "r", layers=["botleneck"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"every": 0}, "every must be a positive integer"),
+        ({"predict": "softmax"}, "predict must be"),
+        ({"probe": (torch.zeros(3, 2), torch.zeros(4))}, "3 samples but labels have 4"),
+        ({"probe": (torch.zeros(2, 2), torch.tensor([0.5, 1.0]))}, "class indices"),
+    ],
+)
+def test_bad_arguments_are_explained(tmp_path, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Recorder(toy2d.make_model(0), tmp_path / "r", **kwargs)
+
+
+def test_step_outside_the_context_is_an_error(tmp_path):
+    rec = Recorder(toy2d.make_model(0), tmp_path / "r")
+    with pytest.raises(RuntimeError, match="not open"):
+        rec.step(loss=1.0)
+
+
+def test_decision_grid_for_two_dimensional_probes(tmp_path):
+    points, labels = toy2d.make_data(200, seed=1)
+    model = toy2d.make_model(0)
+    with Recorder(model, tmp_path / "r", probe=(points, labels), predict="probability", decision_grid=16) as rec:
+        rec.step(loss=0.5)
+    with RunReader(tmp_path / "r") as reader:
+        grid = reader.tensor(TAGS.GRID_SCORE, 1)
+        xmin, xmax, ymin, ymax = reader.meta()[TAGS.GRID_EXTENT]
+        assert grid.shape == (16, 16)
+        corner = torch.tensor([[xmax, ymin]])  # last column of the first row
+        with torch.no_grad():
+            assert grid[0, -1] == pytest.approx(model(corner).item(), rel=1e-5)
+        assert xmin < points[:, 0].min().item() and ymax > points[:, 1].max().item()
+
+
+def test_toy_runs_are_bit_for_bit_reproducible(tmp_path):
+    config = toy2d.Toy2DConfig(seeds=(3,), epochs=1, every=25)
+    points, labels = toy2d.make_data(config.n_points, config.data_seed)
+    runs = [toy2d.train_one(tmp_path / name, 3, config, points, labels) for name in ("a", "b")]
+    readers = [RunReader(r) for r in runs]
+    try:
+        a, b = readers
+        assert a.scalars(TAGS.LOSS).values.tobytes() == b.scalars(TAGS.LOSS).values.tobytes()
+        steps, reprs = a.tensors("repr/bottleneck")
+        _, reprs_b = b.tensors("repr/bottleneck")
+        assert len(steps) == 5  # 0, 25, 50, 75, 100
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(reprs, reprs_b, strict=False))
+    finally:
+        for r in readers:
+            r.close()
+
+
+def test_toy_task_matches_the_article():
+    points, labels = toy2d.make_data()
+    assert points.shape == (1000, 2) and points.min() >= -5 and points.max() <= 5
+    assert labels.float().mean().item() == pytest.approx(0.157, abs=0.005)
+    model = toy2d.make_model(0)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(100, 2), (100,), (2, 100), (2,), (1, 2), (1,)]
+    before = torch.get_rng_state()
+    toy2d.make_model(1)
+    assert torch.equal(before, torch.get_rng_state()), "building the model must not consume the global RNG"

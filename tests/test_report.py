@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import numpy as np
+
+from deepscope.report import build_report
+from deepscope.store import RunWriter
+
+
+def _fake_run(run_dir, name, classes):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    with RunWriter(run_dir, name=name, config={"batch_size": 10, "note": name}) as writer:
+        writer.set_meta("probe/class_names", classes)
+        writer.set_meta("probe/majority_baseline", 0.6)
+        writer.set_meta("repr/layers", ["fc<1>"])
+        writer.add_tensor("probe/labels", 0, labels)
+        for step in range(0, 30, 10):
+            writer.add_scalars(
+                step, {"train/loss": 1.0 / (step + 1), "probe/accuracy": 0.5, "probe/balanced_accuracy": 0.5}
+            )
+            writer.add_tensor("probe/pred", step, rng.integers(0, 2, 40))
+            writer.add_tensor("repr/fc<1>", step, rng.normal(size=(40, 5)).astype(np.float32))
+
+
+def test_user_strings_are_escaped(tmp_path):
+    evil = "<script>alert(1)</script>"
+    _fake_run(tmp_path / "a", evil, [evil, "<b>bold</b>"])
+    page = build_report(tmp_path).read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>bold</b>" not in page
+
+
+def test_wide_representations_are_projected_to_two_dimensions(tmp_path):
+    _fake_run(tmp_path / "a", "run a", ["no", "yes"])
+    _fake_run(tmp_path / "b", "run b", ["no", "yes"])
+    page = build_report(tmp_path, tmp_path / "out" / "r.html").read_text()
+    assert "first two principal components (of 5 stored dimensions)" in page
+    assert (tmp_path / "out" / "figures" / "repr_fc_1__correctness.gif").exists()
+    assert page.count("<tr>") >= 3  # header + one row per run (overview)
+
+
+def test_aligned_pca_does_not_flip_between_frames():
+    from deepscope.report import _to_2d
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(100, 6)) * np.array([5, 2, 0.1, 0.1, 0.1, 0.1])
+    frames = [base, -base, base @ np.diag([1, -1, 1, 1, 1, 1])]  # same cloud, sign flips
+    out = _to_2d(frames)
+    np.testing.assert_allclose(out[1], out[0], atol=1e-8)
+    np.testing.assert_allclose(out[2], out[0], atol=1e-8)
+
+
+def test_report_does_not_import_torch():
+    code = "import sys, deepscope.report; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
