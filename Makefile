@@ -8,7 +8,7 @@ OUT ?= runs/demo
 # The dev pins (torch, torchvision) lie on the project machines' local disk.
 CONSTRAINTS := -c constraints-dev.txt
 
-.PHONY: demo test test-slow lint bench clean help
+.PHONY: demo test test-slow test-gpu lint bench clean help
 
 help:
 	@echo "make demo   - create .venv, install deepscope, run the flagship demo, print the report path"
@@ -35,10 +35,13 @@ demo: $(VENV)/.base-stamp
 	$(BIN)/deepscope demo --out $(OUT)
 
 test: $(VENV)/.test-stamp
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not cuda" $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.test-stamp
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-gpu: $(VENV)/.test-stamp
+	$(BIN)/python -m pytest -m cuda $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-stamp
 	$(BIN)/ruff check src tests bench

@@ -6,11 +6,14 @@ reproducible and building them never disturbs the global RNG of other tests.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
+
+from deepscope.demos import toy2d
 
 
 class TinyCNN(nn.Module):
@@ -46,9 +49,7 @@ def build_tiny_cnn() -> nn.Module:
 
 def build_demo_mlp() -> nn.Module:
     """The seed's training-dynamics network: 2 -> Dense(100)+ReLU -> Dense(2) -> Dense(1)+sigmoid."""
-    return _seeded(
-        lambda: nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 2), nn.Linear(2, 1), nn.Sigmoid())
-    )
+    return toy2d.make_model(seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +77,19 @@ def tiny_images(generator: torch.Generator) -> torch.Tensor:
 @pytest.fixture
 def demo_mlp() -> nn.Module:
     return build_demo_mlp()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``cuda`` tests are deselected by ``make test``; selected explicitly without a GPU they skip loudly."""
+    if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+        pytest.skip("needs CUDA (run `make test-gpu` on a machine with a GPU)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """Under CI (``CI=true``) a skipped test is a failure: nothing may silently not run."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI", "").lower() in ("1", "true", "yes") and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which is not allowed: {report.longrepr}"

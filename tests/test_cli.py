@@ -89,3 +89,23 @@ def test_demo_quick_via_cli(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "report:" in out and (tmp_path / "toy2d" / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["layers", "torchvision:resnet18", "--input-shape", "1,3,x"], "not a shape of positive integers"),
+        (["layers", "torchvision:resnet18", "--input-shape", "1,3"], "the model failed on an input of shape 1×3"),
+        (["layers"], "Missing argument"),
+        (["demo", "--bogus"], "No such option"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_no_arguments_prints_help(capsys):
+    assert main([]) == 0
+    assert "Commands" in capsys.readouterr().out

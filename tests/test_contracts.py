@@ -14,6 +14,7 @@ A call that is expected to raise asserts it inside ``fn`` (see ``_list_layers_ra
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from torchvision import models
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet
 from deepscope.layers import list_layers, resolve_layers
+from deepscope.recorder import Recorder
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -214,7 +216,41 @@ def _capture_outputs(model: nn.Module, inputs: Tensor) -> None:
     assert list(captured) == names
 
 
+def _recorder_kwargs(model: nn.Module, inputs: Tensor) -> dict[str, Any]:
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        was_training = model.training
+        model.eval()
+        width = model(inputs).shape[-1]
+        model.train(was_training)
+    labels = torch.arange(inputs.shape[0]) % max(width, 2)
+    leaves = [name for name, m in model.named_modules() if name and next(m.children(), None) is None]
+    return {
+        "probe": (inputs, labels),
+        "layers": [leaves[0], leaves[-2]],
+        "every": 1,
+        "predict": "probability" if width == 1 else "argmax",
+    }
+
+
+def _recorder_records(model: nn.Module, inputs: Tensor) -> None:
+    with tempfile.TemporaryDirectory() as tmp, Recorder(model, tmp, **_recorder_kwargs(model, inputs)) as rec:
+        rec.step(loss=1.0)
+        rec.step(loss=0.5, metrics={"lr": 0.1})
+        rec.log_tensor("custom", torch.zeros(3))
+
+
+def _recorder_raises_in_probe(model: nn.Module, inputs: Tensor) -> None:
+    """A probe with one extra channel fails inside the snapshot, after eval mode and hooks were set."""
+    kwargs = _recorder_kwargs(model, inputs)
+    kwargs["probe"] = (torch.cat([inputs, inputs[:, :1]], dim=1), kwargs["probe"][1])
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(RuntimeError):  # noqa: PT012
+        with Recorder(model, tmp, **kwargs) as rec:
+            rec.step(loss=1.0)
+
+
 MODEL_CALLS: dict[str, Callable[[nn.Module, Tensor], None]] = {
+    "recorder_records": _recorder_records,
+    "recorder_raises_in_probe": _recorder_raises_in_probe,
     "list_layers": _list_layers,
     "list_layers_without_input": _list_layers_without_input,
     "list_layers_raises": _list_layers_raises,

@@ -203,7 +203,7 @@ def test_model_device():
     assert model_device(buffers_only) == torch.device("meta")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_list_layers_moves_input_to_the_model_device(tiny_cnn, tiny_images):
     model = tiny_cnn.cuda()
     assert model_device(model).type == "cuda"

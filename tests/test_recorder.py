@@ -150,3 +150,14 @@ def test_toy_task_matches_the_article():
     before = torch.get_rng_state()
     toy2d.make_model(1)
     assert torch.equal(before, torch.get_rng_state()), "building the model must not consume the global RNG"
+
+
+@pytest.mark.cuda
+def test_recorder_follows_the_model_device(tmp_path, generator):
+    model = _classifier().cuda()
+    probe = (torch.randn(20, 4, generator=generator), torch.randint(0, 3, (20,), generator=generator))
+    with Recorder(model, tmp_path / "r", probe=probe, layers=["1"]) as rec:
+        rec.step(loss=torch.tensor(1.0, device="cuda"))
+    with RunReader(tmp_path / "r") as reader:
+        assert reader.tensor("repr/1", 1).shape == (20, 32)
+    assert next(model.parameters()).is_cuda

@@ -450,6 +450,35 @@ def test_missing_store_and_foreign_file(tmp_path):
             opener(other)
 
 
+def test_reader_falls_back_to_immutable_in_a_read_only_folder(tmp_path, monkeypatch):
+    """A read-only WAL open needs a ``-shm`` file it cannot create there; tests run as root, so simulate it."""
+    with RunWriter(tmp_path, name="ro") as writer:
+        writer.add_scalar("loss", 0, 1.5)
+    real_connect, opened = sqlite3.connect, []
+
+    class ReadOnlyFolder(sqlite3.Connection):
+        def execute(self, *args, **kwargs):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    def connect(database, *args, **kwargs):
+        opened.append(str(database))
+        if "immutable=1" not in str(database):
+            kwargs["factory"] = ReadOnlyFolder
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with RunReader(tmp_path) as reader:
+        assert reader.info.name == "ro"
+        assert reader.scalars("loss").values.tolist() == [1.5]
+    assert [uri.rpartition("?")[2] for uri in opened] == ["mode=ro", "mode=ro&immutable=1"]
+
+    (tmp_path / f"{STORE_FILENAME}-wal").touch()  # a live writer may still change the file: no fallback
+    opened.clear()
+    with pytest.raises(SchemaVersionError, match="readonly"):
+        RunReader(tmp_path)
+    assert [uri.rpartition("?")[2] for uri in opened] == ["mode=ro"]
+
+
 def test_find_runs(tmp_path):
     run_dirs = [tmp_path / "b", tmp_path / "a" / "x", tmp_path / "a" / "y" / "z"]
     for run_dir in run_dirs:

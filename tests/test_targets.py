@@ -128,7 +128,7 @@ def test_as_target_rejects_other_values(bad):
         as_target(bad)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_class_target_on_the_output_device(generator):
     out = torch.randn(3, 4, generator=generator).cuda()
     scores = ClassTarget([0, 3, 1])(out)

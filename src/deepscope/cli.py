@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -107,7 +106,14 @@ def layers(
     net = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
     shape = _parse_shape(input_shape) if input_shape else (1, 3, 224, 224) if model.startswith("torchvision:") else None
     example = torch.zeros(shape) if shape else None
-    infos = list_layers(net, example, leaves_only=leaves)
+    try:
+        infos = list_layers(net, example, leaves_only=leaves)
+    except RuntimeError as error:  # the model's own forward rejected the example input
+        first = str(error).strip().splitlines()[0]
+        raise typer.BadParameter(
+            f"the model failed on an input of shape {'×'.join(map(str, shape or ()))}: {first}. "
+            "Pass an --input-shape the model accepts."
+        ) from error
     _print_layers(infos, with_shapes=example is not None)
     total = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -129,29 +135,26 @@ def _print_layers(infos: list, *, with_shapes: bool) -> None:
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a shape; write it like 1,3,224,224") from None
-    if not shape or min(shape) < 1:
-        raise click.BadParameter(f"{text!r} is not a shape of positive sizes; write it like 1,3,224,224")
-    return shape
+    parts = text.replace("x", ",").replace("×", ",").split(",")
+    if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise typer.BadParameter(f"{text!r} is not a shape of positive integers; write it like 1,3,224,224")
+    return tuple(int(part) for part in parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (the console-script entry point)."""
     from deepscope.errors import DeepscopeError
 
-    args = sys.argv[1:] if argv is None else argv
+    args = (sys.argv[1:] if argv is None else argv) or ["--help"]
     try:
         app(args=args, prog_name="deepscope", standalone_mode=False)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return done.exit_code
-    except click.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except click.ClickException as error:
-        error.show()
+    except typer.TyperException as error:  # bad options or arguments: one line, like every user error
+        typer.echo(f"error: {error.format_message()} (see `deepscope --help`)", err=True)
         return error.exit_code
     except (DeepscopeError, FileNotFoundError, ValueError, TypeError, KeyError) as error:
         if _state["debug"] or "--debug" in args:

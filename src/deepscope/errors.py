@@ -18,6 +18,8 @@ __all__ = [
     "close_matches",
 ]
 
+_LIST_ALL_UP_TO = 20  # longer lists of valid names are summarised by their count
+
 
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Return up to ``n`` candidates closest to ``name``, best first.
@@ -51,7 +53,8 @@ class UnknownNameError(DeepscopeError, KeyError):
         self.valid = sorted(valid)
         self.suggestions = close_matches(name, self.valid)
         hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(self.valid) or '(none)'}.")
+        listed = ", ".join(self.valid) if len(self.valid) <= _LIST_ALL_UP_TO else f"{len(self.valid)} names"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Valid: {listed or '(none)'}.")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])

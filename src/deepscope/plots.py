@@ -12,6 +12,10 @@ centred on 0.5) with a colour bar and the 0.5 decision contour.
 Animations draw the figure once and then only redraw the artists that change (blitting on the Agg
 buffer); frames stream to ffmpeg (H.264, yuv420p) and to a GIF with one fixed palette.
 
+This module holds the representation animation and the static figures; the pieces live in private
+modules and are re-exported here: ``_plot_style`` (colours, markers, label checks), ``_media``
+(canvas to PNG/GIF/MP4) and ``_decision_plots`` (:func:`decision_animation`, :func:`decision_snapshots`).
+
 Example:
     >>> import numpy as np
     >>> from pathlib import Path
@@ -23,21 +27,42 @@ Example:
 
 from __future__ import annotations
 
-import os
-import textwrap
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from deepscope._decision_plots import decision_animation, decision_snapshots
+from deepscope._media import (
+    _FORMATS,
+    _animate,
+    _check_fps,
+    _figure,
+    _formats,
+    _frame_size,
+    _save_figure,
+    _single_axes,
+    _wrap,
+)
+from deepscope._plot_style import (
+    CLASS_COLORS,
+    CLASS_MARKERS,
+    CORRECT_COLOR,
+    WRONG_COLOR,
+    _class_handles,
+    _class_names,
+    _decorate,
+    _labels,
+    _points_and_labels,
+    _reference_line,
+    _vector,
+)
+
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
-    from matplotlib.axes import Axes
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
 __all__ = [
     "CLASS_COLORS",
@@ -54,16 +79,8 @@ __all__ = [
     "zscore",
 ]
 
-CORRECT_COLOR = "#0072B2"  # Okabe–Ito blue
-WRONG_COLOR = "#D55E00"  # Okabe–Ito vermillion
-# class 0 = orange ("yellow" in the seed article), class 1 = blue, then the rest of Okabe–Ito
-CLASS_COLORS = ("#E69F00", "#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-CLASS_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _METRIC_STYLES = ("-", "--", "-.", (0, (1, 1)))
-_DPI = 96  # 96 px per inch: panel sizes below are whole inches of 16-pixel multiples
-_PANEL_PX = 384  # 4 in; animation frame sizes are multiples of 16 (H.264 macroblocks, even for yuv420p)
-_FORMATS = ("gif", "mp4")
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,191 +153,6 @@ def zscore(points: np.ndarray) -> np.ndarray:
     return np.where(finite, z, np.nan)
 
 
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _vector(values: Any, length: int, name: str, where: str, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1 or arr.shape[0] != length:
-        raise ValueError(f"{where}: {name} has shape {arr.shape} but there are {length} {what}")
-    return arr
-
-
-def _labels(labels: Any, n_points: int, where: str) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"{where}: labels must be 1-D, got shape {arr.shape}")
-    if arr.shape[0] != n_points:
-        raise ValueError(f"{where}: points has {n_points} rows but labels has {arr.shape[0]}")
-    if arr.size and (not np.all(np.equal(np.mod(arr, 1), 0)) or arr.min() < 0):
-        raise ValueError(f"{where}: labels must be non-negative integers")
-    return arr.astype(np.int64)
-
-
-def _class_names(class_names: Sequence[str] | None, labels: np.ndarray) -> list[str]:
-    n_classes = max(int(labels.max()) + 1 if labels.size else 0, 2)
-    if class_names is None:
-        return [f"class {k}" for k in range(n_classes)]
-    names = [str(name) for name in class_names]
-    if len(names) < n_classes:
-        raise ValueError(f"labels contain class {n_classes - 1} but only {len(names)} class_names were given")
-    if len(names) > len(CLASS_COLORS):
-        raise ValueError(f"at most {len(CLASS_COLORS)} classes can be told apart by colour and marker")
-    return names
-
-
-def _formats(formats: Sequence[str]) -> list[str]:
-    out = [str(f).lower().lstrip(".") for f in formats]
-    unknown = sorted(set(out) - set(_FORMATS))
-    if unknown:
-        raise ValueError(f"unknown animation format(s) {unknown}; choose from {list(_FORMATS)}")
-    return list(dict.fromkeys(out))
-
-
-def _with_suffix(base: Path, suffix: str) -> Path:
-    base = Path(base)
-    return base.parent / f"{base.name}{suffix}"
-
-
-def _check_fps(fps: int) -> None:
-    if not (isinstance(fps, int | np.integer) and 1 <= fps <= 60):
-        raise ValueError(f"fps must be an integer between 1 and 60, got {fps!r}")
-
-
-# --------------------------------------------------------------------------- rendering helpers
-
-
-def _figure(width_px: int, height_px: int, layout: str | None = "constrained") -> tuple[Figure, FigureCanvasAgg]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI, layout=layout)
-    return fig, FigureCanvasAgg(fig)
-
-
-def _rgb(canvas: FigureCanvasAgg) -> np.ndarray:
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
-
-
-def _save_png(image: np.ndarray, path: Path, colors: int = 256) -> Path:
-    """Write an RGB array as a palette PNG (lossless-looking for plots, a fraction of the RGB size)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    quantized = Image.fromarray(image).quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    quantized.save(tmp, optimize=True)
-    os.replace(tmp, path)
-    return path
-
-
-def _save_figure(fig: Figure, canvas: FigureCanvasAgg, path: Path) -> Path:
-    canvas.draw()
-    return _save_png(_rgb(canvas), Path(path))
-
-
-def _gif_palette(samples: Iterable[np.ndarray], key_colors: Sequence[Any], colors: int = 48) -> Any:
-    """One palette for every GIF frame: the exact key colours, then a median cut of sample frames."""
-    from matplotlib.colors import to_rgb
-    from PIL import Image
-
-    keys = [tuple(round(255 * c) for c in to_rgb(k)) for k in ("white", "black", *key_colors)]
-    sample = Image.fromarray(np.concatenate(list(samples), axis=0))
-    n_cut = max(colors - len(keys), 16)
-    cut = sample.quantize(n_cut, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    cut_rgb = np.asarray(cut.getpalette()[: 3 * n_cut]).reshape(-1, 3)
-    entries = list(dict.fromkeys([*keys, *map(tuple, cut_rgb.tolist())]))[:256]
-    flat = [v for rgb in entries for v in rgb]
-    palette = Image.new("P", (1, 1))
-    palette.putpalette(flat + flat[-3:] * (256 - len(entries)))
-    return palette
-
-
-def _animate(
-    fig: Figure,
-    canvas: FigureCanvasAgg,
-    animated: Sequence[Artist],
-    update: Callable[[int], None],
-    n_frames: int,
-    out_base: Path,
-    formats: Sequence[str],
-    fps: int,
-    key_colors: Sequence[Any],
-) -> list[Path]:
-    """Blit ``n_frames`` frames and stream them to GIF/MP4; also write ``<out_base>_last.png``."""
-    import imageio_ffmpeg
-    from PIL import Image
-
-    for artist in animated:
-        artist.set_animated(True)
-    canvas.draw()  # static background: axes, ticks, labels, legend, colour bar (animated artists skipped)
-    background = canvas.copy_from_bbox(fig.bbox)
-
-    def render(i: int) -> np.ndarray:
-        canvas.restore_region(background)
-        update(i)
-        for artist in animated:
-            fig.draw_artist(artist)
-        return _rgb(canvas)
-
-    last = render(n_frames - 1)
-    first = render(0)
-    height, width = first.shape[:2]
-    if width % 2 or height % 2:  # cannot happen with the sizes used here, but yuv420p needs it
-        raise RuntimeError(f"frame size {width}x{height} is not even")
-    out_base = Path(out_base)
-    out_base.parent.mkdir(parents=True, exist_ok=True)
-    finals = {fmt: _with_suffix(out_base, f".{fmt}") for fmt in formats}
-    tmps = {fmt: path.with_name(f".{path.name}.tmp.{fmt}") for fmt, path in finals.items()}
-    palette = _gif_palette([first, last], key_colors) if "gif" in formats else None
-    gif_frames = []  # quantized frames, kept until the end (Pillow writes a GIF in one call)
-    writer = None
-    try:
-        if "mp4" in formats:
-            writer = imageio_ffmpeg.write_frames(
-                str(tmps["mp4"]),
-                (width, height),
-                fps=fps,
-                codec="libx264",
-                pix_fmt_out="yuv420p",
-                quality=None,
-                macro_block_size=2,
-                output_params=["-crf", "28", "-preset", "veryfast", "-fflags", "+bitexact"],
-            )
-            writer.send(None)
-        for i in range(n_frames):
-            frame = first if i == 0 else last if i == n_frames - 1 else render(i)
-            if writer is not None:
-                writer.send(frame.tobytes())  # ffmpeg encodes in its own process while we draw the next frame
-            if palette is not None:
-                gif_frames.append(Image.fromarray(frame).quantize(palette=palette, dither=Image.Dither.NONE))
-        if writer is not None:
-            writer.close()
-            writer = None
-        if gif_frames:
-            durations = [round(1000 / fps)] * n_frames
-            durations[-1] = max(durations[-1], 1500)  # hold the final state before the loop restarts
-            gif_frames[0].save(tmps["gif"], save_all=True, append_images=gif_frames[1:], duration=durations, loop=0)
-        for fmt in formats:
-            os.replace(tmps[fmt], finals[fmt])  # atomic: a reader never sees a half-written file
-    finally:
-        if writer is not None:
-            writer.close()
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-    written = [finals[fmt] for fmt in formats]
-    written.append(_save_png(last, _with_suffix(out_base, "_last.png")))
-    return written
-
-
-def _frame_size(n_panels: int, extra_width: int = 0) -> tuple[int, int]:
-    return max(640, n_panels * _PANEL_PX + extra_width), 480
-
-
-def _wrap(text: str, width_px: int, font_px: float = 7.5) -> str:
-    return "\n".join(textwrap.wrap(text, width=max(30, int(width_px / font_px))))
-
-
 def _limits(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -328,28 +160,6 @@ def _limits(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
     lo, hi = float(finite.min()), float(finite.max())
     span = hi - lo if hi > lo else 1.0
     return lo - pad * span, hi + pad * span
-
-
-def _class_handles(names: Sequence[str], counts: Sequence[int] | None = None, edge: str = "none") -> list[Artist]:
-    from matplotlib.lines import Line2D
-
-    handles = []
-    for k, name in enumerate(names):
-        label = name if counts is None else f"{name} ({counts[k]}, {counts[k] / max(sum(counts), 1):.1%})"
-        handles.append(
-            Line2D(
-                [],
-                [],
-                linestyle="none",
-                marker=CLASS_MARKERS[k],
-                markersize=6,
-                markerfacecolor=CLASS_COLORS[k],
-                markeredgecolor=edge,
-                markeredgewidth=0.5,
-                label=label,
-            )
-        )
-    return handles
 
 
 # --------------------------------------------------------------------------- representation animation
@@ -491,253 +301,6 @@ def _scatter_updater(
     return update
 
 
-# --------------------------------------------------------------------------- decision maps
-
-
-def _probability_cmap() -> tuple[Any, Any]:
-    """Binned PuOr (orange = class 0, purple = class 1), lightened so that markers stay visible."""
-    from matplotlib import colormaps
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-
-    base = colormaps["PuOr"]
-    colors = base(np.linspace(0.12, 0.88, 10))[:, :3]
-    colors = 0.45 * colors + 0.55  # blend 55 % towards white
-    return ListedColormap(colors, name="deepscope_prob"), BoundaryNorm(np.linspace(0, 1, 11), 10)
-
-
-def _check_grid(runs_grid: Sequence[tuple[str, np.ndarray, np.ndarray]], extent: Any) -> list:
-    runs = list(runs_grid)
-    if not 1 <= len(runs) <= 4:
-        raise ValueError(f"runs_grid must hold 1 to 4 runs, got {len(runs)}")
-    if len(extent) != 4 or not (extent[0] < extent[1] and extent[2] < extent[3]):
-        raise ValueError(f"extent must be (xmin, xmax, ymin, ymax) with xmin < xmax and ymin < ymax, got {extent}")
-    out = []
-    for item in runs:
-        if len(item) != 3:
-            raise ValueError("each runs_grid item must be (label, steps, probs)")
-        label, steps, probs = str(item[0]), np.asarray(item[1]), np.asarray(item[2], dtype=np.float64)
-        if probs.ndim != 3 or probs.shape[0] == 0 or min(probs.shape[1:]) < 2:
-            raise ValueError(f"run {label!r}: probs must have shape (F, G, G) with F >= 1, G >= 2, got {probs.shape}")
-        _vector(steps, probs.shape[0], "steps", f"run {label!r}", "frames in probs")
-        if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
-            raise ValueError(f"run {label!r}: probs must be finite probabilities in [0, 1]")
-        out.append((label, steps, probs))
-    return out
-
-
-def _decision_panel(
-    ax: Axes,
-    extent: Sequence[float],
-    probs0: np.ndarray,
-    points: np.ndarray,
-    labels: np.ndarray,
-    n_classes: int,
-    size: float,
-    edge: float = 0.3,
-) -> tuple[Any, Any, list[Any]]:
-    from matplotlib.collections import LineCollection
-
-    cmap, norm = _probability_cmap()
-    gy, gx = probs0.shape
-    dx, dy = (extent[1] - extent[0]) / (gx - 1), (extent[3] - extent[2]) / (gy - 1)
-    image = ax.imshow(
-        probs0,
-        cmap=cmap,
-        norm=norm,
-        origin="lower",
-        interpolation="bilinear",
-        interpolation_stage="data",
-        aspect="auto",
-        extent=(extent[0] - dx / 2, extent[1] + dx / 2, extent[2] - dy / 2, extent[3] + dy / 2),
-    )
-    contour = ax.add_collection(LineCollection([], colors="black", linewidths=1.6, zorder=3))
-    dots = [
-        ax.scatter(
-            points[labels == k, 0],
-            points[labels == k, 1],
-            s=size,
-            marker=CLASS_MARKERS[k],
-            color=CLASS_COLORS[k],
-            edgecolors="black",
-            linewidths=edge,
-            zorder=4,
-        )
-        for k in range(n_classes)
-    ]
-    ax.set_xlim(extent[0], extent[1])
-    ax.set_ylim(extent[2], extent[3])
-    ax.set_aspect("equal")
-    ax.set_xlabel("x₁")
-    ax.set_ylabel("x₂")
-    ax.tick_params(labelsize=8)
-    return image, contour, dots
-
-
-def _boundary(extent: Sequence[float], probs: np.ndarray) -> list[np.ndarray]:
-    import contourpy
-
-    gy, gx = probs.shape
-    xs, ys = np.linspace(extent[0], extent[1], gx), np.linspace(extent[2], extent[3], gy)
-    return contourpy.contour_generator(xs, ys, probs, line_type=contourpy.LineType.Separate).lines(0.5)
-
-
-def _decision_legend(fig: Figure, names: Sequence[str]) -> None:
-    from matplotlib.lines import Line2D
-
-    handles = [
-        *_class_handles(names, edge="black"),
-        Line2D([], [], color="black", linewidth=1.6, label=f"decision boundary P({names[1]}) = 0.5"),
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9)
-
-
-def _decision_colorbar(fig: Figure, axes: Any, names: Sequence[str]) -> None:
-    from matplotlib.cm import ScalarMappable
-
-    cmap, norm = _probability_cmap()
-    bar = fig.colorbar(
-        ScalarMappable(norm=norm, cmap=cmap),
-        ax=axes,
-        ticks=np.linspace(0, 1, 6),
-        fraction=0.03,
-        shrink=0.85,
-        aspect=25,
-        pad=0.02,
-    )
-    bar.set_label(f"predicted P({names[1]})")
-    bar.ax.axhline(0.5, color="black", linewidth=1.6)
-    bar.ax.tick_params(labelsize=8)
-
-
-def _points_and_labels(points: Any, labels: Any, class_names: Sequence[str] | None) -> tuple:
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"points must have shape (N, 2), got {pts.shape}")
-    labs = _labels(labels, pts.shape[0], "decision map")
-    return pts, labs, _class_names(class_names, labs)
-
-
-def decision_animation(
-    runs_grid: Sequence[tuple[str, np.ndarray, np.ndarray]],
-    extent: tuple[float, float, float, float],
-    points: np.ndarray,
-    labels: np.ndarray,
-    out_base: Path,
-    *,
-    class_names: Sequence[str] | None = None,
-    fps: int = 10,
-    formats: Sequence[str] = _FORMATS,
-) -> list[Path]:
-    """Animate each run's decision function in input space, one panel per run.
-
-    Args:
-        runs_grid: ``(label, steps (F,), probs (F, G, G))`` per run, where ``probs[f, i, j]`` is P(class 1)
-            at ``(x_j, y_i)`` with ``x = linspace(xmin, xmax, G)`` and ``y = linspace(ymin, ymax, G)``.
-        extent: ``(xmin, xmax, ymin, ymax)`` of the grid.
-        points: ``(N, 2)`` data points, drawn in true-class colour and marker.
-        labels: ``(N,)`` true classes.
-        out_base: Output path without extension; writes ``.gif``, ``.mp4`` and ``_last.png``.
-        class_names: Names of the classes (default ``"class 0"``, ``"class 1"``, ...).
-        fps: Frames per second.
-        formats: Any of ``"gif"`` and ``"mp4"``.
-
-    Returns:
-        The paths written, in ``formats`` order, then the last-frame PNG.
-    """
-    runs = _check_grid(runs_grid, extent)
-    pts, labs, names = _points_and_labels(points, labels, class_names)
-    fmts = _formats(formats)
-    _check_fps(fps)
-    n_frames = runs[0][2].shape[0]
-    if any(r[2].shape[0] != n_frames for r in runs):
-        raise ValueError("all runs in runs_grid need the same number of frames")
-
-    width, height = _frame_size(len(runs), extra_width=96)
-    fig, canvas = _figure(width, height)
-    axes = fig.subplots(1, len(runs), squeeze=False)[0]
-    fig.suptitle(
-        _wrap(
-            f"Decision function in input space during training: shading = predicted P({names[1]}), "
-            "black line = 0.5 boundary, markers = true class",
-            width,
-        ),
-        fontsize=11,
-    )
-    _decision_legend(fig, names)
-    _decision_colorbar(fig, axes, names)
-    animated: list[Artist] = []
-    panels = []
-    for ax, (label, steps, probs) in zip(axes, runs, strict=True):
-        image, contour, dots = _decision_panel(ax, extent, probs[0], pts, labs, len(names), size=10)
-        title = ax.set_title(f"{label} — step {int(steps[0])}", fontsize=9)
-        animated += [image, contour, *dots, *ax.spines.values(), title]
-        panels.append((label, steps, probs, image, contour, title))
-
-    def update(i: int) -> None:
-        for label, steps, probs, image, contour, title in panels:
-            image.set_data(probs[i])
-            contour.set_segments(_boundary(extent, probs[i]))
-            title.set_text(f"{label} — step {int(steps[i])}")
-
-    keys = [*CLASS_COLORS[: len(names)], *_probability_cmap()[0].colors]  # every colour band stays exact
-    return _animate(fig, canvas, animated, update, n_frames, out_base, fmts, fps, keys)
-
-
-def decision_snapshots(
-    runs_grid: Sequence[tuple[str, np.ndarray, np.ndarray]],
-    extent: tuple[float, float, float, float],
-    points: np.ndarray,
-    labels: np.ndarray,
-    out_png: Path,
-    *,
-    n_columns: int = 5,
-    class_names: Sequence[str] | None = None,
-) -> Path:
-    """Static grid of decision maps: one row per run, ``n_columns`` evenly spaced training steps.
-
-    Args:
-        runs_grid: As for :func:`decision_animation`.
-        extent: ``(xmin, xmax, ymin, ymax)`` of the grid.
-        points: ``(N, 2)`` data points.
-        labels: ``(N,)`` true classes.
-        out_png: PNG path to write.
-        n_columns: Number of snapshots per run (fewer if a run has fewer frames).
-        class_names: Names of the classes.
-
-    Returns:
-        ``out_png``.
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    runs = _check_grid(runs_grid, extent)
-    pts, labs, names = _points_and_labels(points, labels, class_names)
-    if n_columns < 1:
-        raise ValueError(f"n_columns must be >= 1, got {n_columns}")
-    n_cols = min(n_columns, min(r[2].shape[0] for r in runs))
-    fig, canvas = _figure(160 * n_cols + 112, 160 * len(runs) + 112)
-    axes = fig.subplots(len(runs), n_cols, squeeze=False, sharex=True, sharey=True)
-    fig.suptitle(f"Decision function at {n_cols} moments of training (shading = predicted P({names[1]}))", fontsize=10)
-    for row, (label, steps, probs) in enumerate(runs):
-        frames = np.unique(np.linspace(0, probs.shape[0] - 1, n_cols).round().astype(int))
-        for col, ax in enumerate(axes[row]):
-            if col >= len(frames):
-                ax.set_visible(False)
-                continue
-            f = frames[col]
-            _, contour, _ = _decision_panel(ax, extent, probs[f], pts, labs, len(names), size=4, edge=0.15)
-            contour.set_segments(_boundary(extent, probs[f]))
-            ax.set_title(f"step {int(steps[f])}", fontsize=8)
-            ax.label_outer()
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
-            ax.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
-            ax.xaxis.label.set_size(8)
-            ax.yaxis.label.set_size(8)
-        axes[row][0].set_ylabel(f"{label}\nx₂", fontsize=8)
-    _decision_legend(fig, names)
-    _decision_colorbar(fig, axes, names)
-    return _save_figure(fig, canvas, Path(out_png))
-
-
 # --------------------------------------------------------------------------- static figures
 
 
@@ -779,8 +342,7 @@ def training_curves(
         raise ValueError(f"at most {len(_METRIC_STYLES)} metrics can be told apart by line style, got {metrics}")
     from matplotlib.lines import Line2D
 
-    fig, canvas = _figure(864, 432)
-    ax = fig.subplots()
+    fig, canvas, ax = _single_axes(864, 432)
     handles = []
     for r, (label, steps, values) in enumerate(runs):
         color = RUN_COLORS[r % len(RUN_COLORS)]
@@ -802,7 +364,7 @@ def training_curves(
             if percent
             else f"majority-class baseline {baseline:.3g}"
         )
-        ax.axhline(baseline * scale, color="black", linestyle=(0, (1, 2)), linewidth=1.5, zorder=1)
+        reference_handle = _reference_line(ax, baseline * scale, text)
         ax.annotate(
             text,
             (1, baseline * scale),
@@ -815,12 +377,11 @@ def training_curves(
             zorder=5,
             bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
         )
-        handles.append(Line2D([], [], color="black", linestyle=(0, (1, 2)), linewidth=1.5, label=text))
+        handles.append(reference_handle)
     if percent:
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, 0.0), min(hi, 100.0) if hi <= 100.0 else hi)
-    _decorate(ax, title, xlabel, ylabel)
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9)
+    _decorate(fig, ax, handles, title, xlabel, ylabel)
     return _save_figure(fig, canvas, Path(out_png))
 
 
@@ -855,8 +416,7 @@ def loss_curves(
         raise ValueError(f"window must be >= 1, got {window}")
     from matplotlib.lines import Line2D
 
-    fig, canvas = _figure(864, 432)
-    ax = fig.subplots()
+    fig, canvas, ax = _single_axes(864, 432)
     handles = []
     for r, (label, steps, values) in enumerate(runs):
         vals = _vector(values, len(steps), "loss", f"run {label!r}", "steps").astype(np.float64)
@@ -875,13 +435,10 @@ def loss_curves(
         handles.append(Line2D([], [], color="0.5", linewidth=0.7, alpha=0.5, label="raw"))
         handles.append(Line2D([], [], color="0.3", linewidth=1.6, label=f"moving average ({window} steps)"))
     if reference is not None:
-        value, text = reference
-        ax.axhline(value, color="black", linestyle=(0, (1, 2)), linewidth=1.5, zorder=1)
-        handles.append(Line2D([], [], color="black", linestyle=(0, (1, 2)), linewidth=1.5, label=text))
+        handles.append(_reference_line(ax, *reference))
     if log_y:
         ax.set_yscale("log")
-    _decorate(ax, title, xlabel, ylabel)
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9)
+    _decorate(fig, ax, handles, title, xlabel, ylabel)
     return _save_figure(fig, canvas, Path(out_png))
 
 
@@ -911,8 +468,7 @@ def toy_task_figure(
     from matplotlib.patches import Circle
 
     pts, labs, names = _points_and_labels(points, labels, class_names)
-    fig, canvas = _figure(768, 576)
-    ax = fig.subplots()
+    fig, canvas, ax = _single_axes(768, 576)
     for k in range(len(names)):
         sel = labs == k
         ax.scatter(
@@ -931,8 +487,7 @@ def toy_task_figure(
     if circles:
         handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.2, label="class-region boundary"))
     ax.set_aspect("equal")
-    _decorate(ax, title, "x₁", "x₂")
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9, title="true class")
+    _decorate(fig, ax, handles, title, "x₁", "x₂", legend_title="true class")
     return _save_figure(fig, canvas, Path(out_png))
 
 
@@ -949,11 +504,3 @@ def _check_runs(runs: Sequence[tuple], name: str) -> list[tuple]:
             raise ValueError(f"run {item[0]!r}: steps must be a non-empty 1-D array, got shape {steps.shape}")
         checked.append((str(item[0]), steps, item[2]))
     return checked
-
-
-def _decorate(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=11)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, color="0.9", linewidth=0.6)
-    ax.set_axisbelow(True)
