@@ -23,20 +23,12 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
+from _model_state import HOOK_DICTS as _HOOK_DICTS
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet
 from deepscope.layers import list_layers, resolve_layers
 from deepscope.recorder import Recorder
 
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
 _IMAGE = (2, 3, 32, 32)
 
 
@@ -243,9 +235,8 @@ def _recorder_raises_in_probe(model: nn.Module, inputs: Tensor) -> None:
     """A probe with one extra channel fails inside the snapshot, after eval mode and hooks were set."""
     kwargs = _recorder_kwargs(model, inputs)
     kwargs["probe"] = (torch.cat([inputs, inputs[:, :1]], dim=1), kwargs["probe"][1])
-    with tempfile.TemporaryDirectory() as tmp, pytest.raises(RuntimeError):  # noqa: PT012
-        with Recorder(model, tmp, **kwargs) as rec:
-            rec.step(loss=1.0)
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(RuntimeError), Recorder(model, tmp, **kwargs) as rec:
+        rec.step(loss=1.0)
 
 
 MODEL_CALLS: dict[str, Callable[[nn.Module, Tensor], None]] = {

@@ -6,17 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from _model_state import HOOK_DICTS
 from deepscope.hooks import HookSet
-
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
 
 
 def hook_count(model: nn.Module) -> int:
