@@ -41,8 +41,9 @@ def run(variant: str, steps: int, data, probe, tmp: Path) -> float:
         rec = None
     elif variant == "scalars every step":
         rec = Recorder(model, tmp / variant, every=10**9)
-    elif variant == "probe every 10":
-        rec = Recorder(model, tmp / variant, probe=probe, layers=["4", "8"], every=10)
+    elif variant.startswith("probe every "):
+        every = int(variant.rsplit(" ", 1)[1])
+        rec = Recorder(model, tmp / variant, probe=probe, layers=["4", "8"], every=every)
     else:
         raise ValueError(variant)
     if rec:
@@ -72,14 +73,17 @@ def main() -> None:
         [torch.randint(0, 10, (64,), generator=g) for _ in range(8)],
     )
     probe = (torch.randn(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g))
-    variants = ["plain", "scalars every step", "probe every 10"]
+    variants = ["plain", "scalars every step", "probe every 10", "probe every 50"]
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for repeat in range(2):  # interleave to share machine noise
             for v in variants:
                 results.setdefault(v, []).append(run(v, args.steps, data, probe, Path(tmp) / f"{repeat}"))
     base = min(results["plain"])
-    print(f"recorder overhead, small CNN, batch 64, {args.steps} steps, mean step time (best of 2)")
+    print(
+        f"recorder overhead, small CNN, batch 64, {args.steps} steps, probe of 256 images and 2 layers, "
+        "mean step time (best of 2)"
+    )
     for v in variants:
         t = min(results[v])
         print(f"  {v:<22} {t * 1e3:7.2f} ms/step   ratio {t / base:5.3f}x")

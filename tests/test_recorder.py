@@ -161,3 +161,25 @@ def test_recorder_follows_the_model_device(tmp_path, generator):
     with RunReader(tmp_path / "r") as reader:
         assert reader.tensor("repr/1", 1).shape == (20, 32)
     assert next(model.parameters()).is_cuda
+
+
+def test_step_values_are_batched_to_the_host_and_exact(tmp_path):
+    model = _classifier()
+    losses = [torch.tensor(0.1 * i, requires_grad=True) * 2 for i in range(1, 8)]
+    with Recorder(model, tmp_path / "r", every=3) as rec:
+        for i, loss in enumerate(losses):
+            rec.step(loss=loss, metrics={"np": np.float32(i), "int": i})
+        assert len(rec._pending) == 1  # step 7 waits for the next flush (snapshots at 3 and 6 flushed)
+    with RunReader(tmp_path / "r") as reader:
+        np.testing.assert_allclose(reader.scalars(TAGS.LOSS).values, [t.item() for t in losses], rtol=1e-6)
+        assert reader.scalars("train/np").values.tolist() == list(range(7))
+        assert reader.scalars("train/int").steps.tolist() == list(range(1, 8))
+
+
+def test_non_scalar_step_values_are_rejected(tmp_path):
+    with Recorder(_classifier(), tmp_path / "r") as rec:
+        with pytest.raises(ValueError, match="expected a scalar"):
+            rec.step(loss=torch.zeros(2))
+        with pytest.raises(TypeError, match="expected a number"):
+            rec.step(metrics={"name": "text"})
+        assert rec.global_step == 0  # a rejected step is not counted

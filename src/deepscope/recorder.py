@@ -8,6 +8,7 @@ predictions. Later issues add per-layer statistics as extra probes without chang
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ class TAGS:
     EVERY = "recorder/every"
 
 
+_SCALAR_FLUSH_STEPS = 50  # step scalars wait on the device for at most this many steps
 _PROBE_INPUTS_MAX_NUMEL = 200_000  # probe inputs are stored only when small (e.g. 2-D toy points)
 
 
@@ -133,6 +135,7 @@ class Recorder:
         self._projections: dict[str, Tensor] = {}
         self._grid: Tensor | None = None
         self._last_time = 0.0
+        self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []
 
     # -- context management -------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -165,6 +168,7 @@ class Recorder:
             return
         status = "failed" if failed else "finished"
         try:
+            self._flush_scalars()
             if not failed and self._last_snapshot != self.global_step:
                 self.snapshot()
         except BaseException:
@@ -177,23 +181,42 @@ class Recorder:
 
     # -- hot path -------------------------------------------------------------------------------
     def step(self, loss: float | Tensor | None = None, metrics: Mapping[str, float | Tensor] | None = None) -> None:
-        """Count one optimisation step, record its loss and metrics, and snapshot every ``every`` steps."""
-        writer = self._require_open()
-        self.global_step += 1
-        now = time.perf_counter()
-        values: dict[str, float] = {"train/step_time_s": now - self._last_time}
-        self._last_time = now
+        """Count one optimisation step, record its loss and metrics, and snapshot every ``every`` steps.
+
+        Tensor values stay on their device until the next flush (every ``every`` steps, at most
+        :data:`_SCALAR_FLUSH_STEPS`), so a CUDA loss is not synchronised at every step.
+        """
+        self._require_open()
+        values: dict[str, float | Tensor] = {}
         if loss is not None:
-            values[TAGS.LOSS] = _to_float(loss)
+            values[TAGS.LOSS] = _scalar(loss)
         for key, value in (metrics or {}).items():
-            values[TAGS.TRAIN_METRIC.format(name=key)] = _to_float(value)
-        writer.add_scalars(self.global_step, values)
-        if self.global_step % self.every == 0:
+            values[TAGS.TRAIN_METRIC.format(name=key)] = _scalar(value)
+        now = time.perf_counter()
+        values["train/step_time_s"] = now - self._last_time
+        self._last_time = now
+        self.global_step += 1
+        self._pending.append((self.global_step, time.time(), values))
+        snapshot_due = self.global_step % self.every == 0
+        if snapshot_due or len(self._pending) >= _SCALAR_FLUSH_STEPS:
+            self._flush_scalars()
+        if snapshot_due:
             self.snapshot()
+
+    def _flush_scalars(self) -> None:
+        """Move pending step scalars to the host in one transfer and hand them to the writer."""
+        pending, self._pending = self._pending, []
+        tensors = [v for _, _, values in pending for v in values.values() if isinstance(v, Tensor)]
+        host = iter(torch.stack([t.float().cpu() for t in tensors]).tolist() if tensors else [])
+        writer = self._require_open()
+        for step, wall_time, values in pending:
+            floats = {k: next(host) if isinstance(v, Tensor) else v for k, v in values.items()}
+            writer.add_scalars(step, floats, wall_time=wall_time)
 
     def log_scalar(self, tag: str, value: float | Tensor, step: int | None = None) -> None:
         """Record a user scalar at ``step`` (the current step by default)."""
-        self._require_open().add_scalar(tag, self.global_step if step is None else step, _to_float(value))
+        value = _scalar(value)
+        self._require_open().add_scalar(tag, self.global_step if step is None else step, float(value))
 
     def log_tensor(self, tag: str, value: Tensor | np.ndarray, step: int | None = None) -> None:
         """Record a user array at ``step`` (the current step by default)."""
@@ -353,9 +376,12 @@ def _is_binary(outputs: Tensor) -> bool:
     return outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] in (1, 2))
 
 
-def _to_float(value: float | Tensor) -> float:
+def _scalar(value: float | Tensor) -> float | Tensor:
+    """Validate a step value: a number, or a one-element tensor kept (detached) on its device."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"expected a scalar, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach().item())
+        return value.detach().reshape(())
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"expected a number or a one-element tensor, got {type(value).__name__}")
     return float(value)

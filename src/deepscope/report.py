@@ -180,16 +180,29 @@ def _loss(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
     ]
     if not curves:
         return None
+    labels = readers[0].tensor(_LABELS, 0) if _LABELS in readers[0].tensor_tags() else None
+    reference = None
+    if labels is not None:
+        prior = np.bincount(labels) / labels.size
+        entropy = float(-(prior[prior > 0] * np.log(prior[prior > 0])).sum())
+        reference = (entropy, f"input-blind predictor of the class frequencies ({entropy:.3f})")
     png = plots.loss_curves(
-        curves, fig_dir / "loss.png", title="Training loss per step", xlabel=_step_label(readers[0])
+        curves,
+        fig_dir / "loss.png",
+        title="Training loss per step",
+        xlabel=_step_label(readers[0]),
+        window=25,
+        reference=reference,
     )
     return _Section(
         "loss",
         "Training loss",
         (
-            "The mini-batch loss at every step (long series are downsampled keeping each bucket's minimum "
-            "and maximum, so spikes stay visible). Noise is expected with small batches; a trend that stops "
-            "falling while accuracy is still near the baseline points to a learning-rate or capacity problem.",
+            "The mini-batch loss at every step (faint) and its moving average over 25 points. Series longer than "
+            "2000 steps are downsampled keeping each bucket's minimum and maximum, so spikes stay visible. The "
+            "dotted line is the loss of a model that ignores its input and predicts the class frequencies (for a "
+            "cross-entropy loss): a run that stays near it has learnt nothing yet. A trend that stops falling "
+            "while accuracy is still near the baseline points to a learning-rate or capacity problem.",
         ),
         figures=(_Figure(png, "Training loss (mini-batch) per step."),),
     )
