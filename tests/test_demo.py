@@ -54,3 +54,24 @@ def test_full_demo_matches_the_issue(tmp_path):
     assert len(result.runs) == 3
     frames = iio.imread(tmp_path / "figures" / "repr_bottleneck_class.gif", index=None)
     assert frames.shape[0] == 101
+
+
+def test_demo_settings_and_rerun_replace_earlier_output(tmp_path):
+    first = toy2d.run(tmp_path, quick=True, overrides={"seeds": "5", "epochs": "1", "optimizer": "sgd", "lr": "0.1"})
+    assert [p.name for p in first.runs] == ["seed-5"]
+    with RunReader(first.runs[0]) as reader:
+        assert reader.info.config["optimizer"] == "sgd" and reader.info.config["lr"] == 0.1
+    second = toy2d.run(tmp_path, quick=True, overrides={"seeds": "6", "epochs": "1"})
+    page = second.report.read_text()
+    assert "seed 6" in page and "seed 5" not in page  # the earlier demo's run is gone from the report
+    with RunReader(second.runs[0]) as reader:
+        assert reader.scalars("train/loss").steps.tolist() == list(range(1, 101))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"optimiser": "sgd"}, "Did you mean: optimizer"), ({"lr": "fast"}, "not a valid float"), ({"seeds": "a"}, "ints")],
+)
+def test_bad_demo_settings_are_explained(tmp_path, overrides, message):
+    with pytest.raises((KeyError, ValueError), match=message):
+        toy2d.run(tmp_path, quick=True, overrides=overrides)

@@ -183,3 +183,16 @@ def test_non_scalar_step_values_are_rejected(tmp_path):
         with pytest.raises(TypeError, match="expected a number"):
             rec.step(metrics={"name": "text"})
         assert rec.global_step == 0  # a rejected step is not counted
+
+
+def test_an_existing_run_is_not_appended_to_by_accident(tmp_path):
+    model = _classifier()
+    with Recorder(model, tmp_path / "r") as rec:
+        rec.step(loss=1.0)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        Recorder(model, tmp_path / "r").open()
+    with Recorder(model, tmp_path / "r", overwrite=True) as rec:
+        rec.step(loss=5.0)
+        rec.step(loss=6.0)
+    with RunReader(tmp_path / "r") as reader:
+        assert reader.scalars(TAGS.LOSS).values.tolist() == [5.0, 6.0]

@@ -511,3 +511,15 @@ def test_stored_json_columns_are_plain_json(tmp_path):
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
     assert json.loads(schema) == SCHEMA_VERSION and json.loads(config) == {"lr": 0.1}
     assert np.dtype(dtype) == np.float32 and json.loads(shape) == [2, 3] and mode == "wal"
+
+
+def test_delete_run_removes_the_store_and_blobs_only(tmp_path):
+    from deepscope.store import delete_run
+
+    run = tmp_path / "run"
+    with RunWriter(run, inline_bytes=16) as writer:
+        writer.add_tensor("big", 0, np.zeros(100))
+    (run / "notes.txt").write_text("mine")
+    assert delete_run(run) is True
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert delete_run(run) is False

@@ -19,6 +19,7 @@ import numpy as np
 from deepscope.errors import SchemaVersionError
 
 __all__ = [
+    "BLOB_DIR",
     "SCHEMA_DDL",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -37,6 +38,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 STORE_FILENAME = "run.sqlite"
+BLOB_DIR = "blobs"  # large arrays and media, beside the SQLite file
 
 STATUSES = ("running", "finished", "failed")
 SCHEMA_DDL = """

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from deepscope._store_schema import (
+    BLOB_DIR,
     SCHEMA_DDL,
     SCHEMA_VERSION,
     STATUSES,
@@ -156,7 +157,7 @@ class RunWriter(RunLocation):
         self._inline_bytes = int(inline_bytes)
         config_json = to_json(config, "config") if config is not None else None
         versions_json = to_json({**_default_versions(), **(versions or {})}, "versions")
-        (self._run_dir / "blobs").mkdir(parents=True, exist_ok=True)
+        (self._run_dir / BLOB_DIR).mkdir(parents=True, exist_ok=True)
         self._conn = self._open(name, config_json, versions_json)
 
         self._cond = threading.Condition()
@@ -294,7 +295,7 @@ class RunWriter(RunLocation):
         else:
             raise TypeError(f"add_media data must be bytes or a file path, got {type(data).__name__}")
         self._check_open()
-        rel = Path("blobs", "media", _safe_name(tag), f"{step}-{uuid.uuid4().hex[:8]}{ext}")
+        rel = Path(BLOB_DIR, "media", _safe_name(tag), f"{step}-{uuid.uuid4().hex[:8]}{ext}")
         if payload is None:
 
             def copy(fh: Any) -> None:
@@ -443,7 +444,7 @@ class RunWriter(RunLocation):
         for tag, step, wall, arr in batch.tensors:
             meta = (tag, step, wall, *tensor_header(arr))
             if arr.nbytes > self._inline_bytes:
-                rel = Path("blobs", "tensors", _safe_name(tag), f"{step}-{uuid.uuid4().hex[:8]}.npy")
+                rel = Path(BLOB_DIR, "tensors", _safe_name(tag), f"{step}-{uuid.uuid4().hex[:8]}.npy")
                 _atomic_write(self._run_dir / rel, lambda fh, a=arr: np.save(fh, a, allow_pickle=False))
                 tensor_rows.append((*meta, None, rel.as_posix()))
             else:

@@ -56,6 +56,10 @@ def demo(
         "runs/demo"
     ),
     quick: Annotated[bool, typer.Option("--quick", help="A much shorter run, for smoke tests.")] = False,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a demo setting, e.g. --set optimizer=sgd --set lr=0.1 (repeatable)."),
+    ] = None,
 ) -> None:
     """Run a built-in demo on data generated offline and write its HTML report."""
     import deepscope.demos  # noqa: F401  (registers the demos)
@@ -63,7 +67,7 @@ def demo(
 
     run = DEMOS.get(name)
     start = time.perf_counter()
-    result = run(out / name, quick=quick)
+    result = run(out / name, quick=quick, overrides=_parse_settings(settings or []))
     console = _console()
     console.print(f"demo {name!r} finished in {time.perf_counter() - start:.1f} s")
     console.print(f"report: {result.report.resolve()}")
@@ -132,6 +136,14 @@ def _print_layers(infos: list, *, with_shapes: bool) -> None:
             row.append("×".join(map(str, info.output_shape)) if info.output_shape else "—")
         table.add_row(*row)
     _console().print(table)
+
+
+def _parse_settings(items: list[str]) -> dict[str, str]:
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (key, sep, _) in zip(items, pairs, strict=True) if not sep or not key.strip()]
+    if bad:
+        raise typer.BadParameter(f"--set expects KEY=VALUE, got {bad[0]!r}")
+    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from deepscope.guard import preserved
 from deepscope.hooks import HookSet
 from deepscope.layers import model_device, resolve_layers
 from deepscope.repro import library_versions
-from deepscope.store import RunWriter
+from deepscope.store import STORE_FILENAME, RunWriter, delete_run
 
 __all__ = ["TAGS", "PredictRule", "Recorder"]
 
@@ -85,6 +85,8 @@ class Recorder:
         max_dims: largest layer width stored as is.
         decision_grid: for 2-D probe inputs and a binary task, the resolution of the grid on
             which the model's class-1 probability is also stored (0 disables it).
+        overwrite: replace a run already recorded in ``run_dir``. Without it an existing run is an
+            error: appending a second training from step 0 would mix two runs' curves.
 
     Example:
         >>> with Recorder(model, "runs/exp1", probe=(x_val, y_val), layers=["fc1"], every=10) as rec:  # doctest: +SKIP
@@ -108,6 +110,7 @@ class Recorder:
         batch_size: int = 512,
         max_dims: int = 512,
         decision_grid: int = 60,
+        overwrite: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -128,6 +131,7 @@ class Recorder:
         self.name = name or self.run_dir.name
         self.config = dict(config or {})
         self.decision_grid = decision_grid
+        self.overwrite = overwrite
         self.probe = _check_probe(probe) if probe is not None else None
         self.global_step = 0
         self._writer: RunWriter | None = None
@@ -151,6 +155,13 @@ class Recorder:
         """Create the store, write run-level metadata and snapshot the untrained model (step 0)."""
         if self._writer is not None:
             return
+        if self.overwrite:
+            delete_run(self.run_dir)
+        elif (self.run_dir / STORE_FILENAME).exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a recorded run; pass overwrite=True to replace it, "
+                "or choose another run_dir"
+            )
         self._writer = RunWriter(self.run_dir, name=self.name, config=self.config, versions=library_versions())
         self._writer.set_meta(TAGS.EVERY, self.every)
         self._writer.set_meta(TAGS.LAYERS, list(self.layers))

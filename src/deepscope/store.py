@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from deepscope._store_schema import (
+    BLOB_DIR,
     SCHEMA_VERSION,
     STORE_FILENAME,
     FindingRecord,
@@ -60,6 +62,7 @@ __all__ = [
     "RunReader",
     "RunWriter",
     "Series",
+    "delete_run",
     "find_runs",
 ]
 
@@ -288,3 +291,18 @@ def find_runs(path: str | os.PathLike) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no deepscope run ({STORE_FILENAME}) in {root} or up to 3 folders below it")
     return sorted(found)
+
+
+def delete_run(run_dir: str | os.PathLike) -> bool:
+    """Delete the store of the run in ``run_dir`` (the SQLite files and ``blobs/``); other files are kept.
+
+    Returns:
+        Whether there was a store to delete.
+    """
+    root, store = store_path(run_dir)
+    if not store.is_file():
+        return False
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        store.with_name(store.name + suffix).unlink(missing_ok=True)
+    shutil.rmtree(root / BLOB_DIR, ignore_errors=True)
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope._progress import track
+from deepscope.demos._common import apply_overrides, clear_runs
 from deepscope.recorder import Recorder
 from deepscope.registry import DEMOS
 
@@ -115,15 +117,24 @@ def train_one(run_dir: Path, seed: int, config: Toy2DConfig, points: Tensor, lab
 
 
 @DEMOS.register("toy2d")
-def run(out_dir: str | os.PathLike[str], *, quick: bool = False, config: Toy2DConfig | None = None) -> DemoResult:
+def run(
+    out_dir: str | os.PathLike[str],
+    *,
+    quick: bool = False,
+    overrides: Mapping[str, str] | None = None,
+    config: Toy2DConfig | None = None,
+) -> DemoResult:
     """Train the three runs, then write figures, animations and ``report.html`` into ``out_dir``.
 
-    ``quick`` trains two runs for two epochs (a smoke test); ``config`` overrides everything.
+    ``quick`` trains two runs for two epochs (a smoke test); ``overrides`` sets fields of
+    :class:`Toy2DConfig` from text (``{"optimizer": "sgd", "lr": "0.1"}``); ``config`` replaces it.
     """
     from deepscope.report import build_report
 
     config = config or (Toy2DConfig(seeds=(0, 1), epochs=2, every=20) if quick else Toy2DConfig())
+    config = apply_overrides(config, overrides or {})
     out = Path(out_dir)
+    clear_runs(out)
     points, labels = make_data(config.n_points, config.data_seed)
     runs = tuple(train_one(out / f"seed-{seed}", seed, config, points, labels) for seed in config.seeds)
     report = build_report(out, title="Watching a network learn: the toy 2-D task")
