@@ -7,7 +7,7 @@ from deepscope.report import build_report
 from deepscope.store import RunWriter
 
 
-def _fake_run(run_dir, name, classes):
+def _fake_run(run_dir, name, classes, n_snapshots=3):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 40)
     with RunWriter(run_dir, name=name, config={"batch_size": 10, "note": name}) as writer:
@@ -15,7 +15,7 @@ def _fake_run(run_dir, name, classes):
         writer.set_meta("probe/majority_baseline", 0.6)
         writer.set_meta("repr/layers", ["fc<1>"])
         writer.add_tensor("probe/labels", 0, labels)
-        for step in range(0, 30, 10):
+        for step in range(0, 10 * n_snapshots, 10):
             writer.add_scalars(
                 step, {"train/loss": 1.0 / (step + 1), "probe/accuracy": 0.5, "probe/balanced_accuracy": 0.5}
             )
@@ -55,3 +55,15 @@ def test_aligned_pca_does_not_flip_between_frames():
 def test_report_does_not_import_torch():
     code = "import sys, deepscope.report; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_runs_of_different_lengths_and_more_runs_than_panels(tmp_path):
+    import imageio.v3 as iio
+
+    for i in range(5):
+        _fake_run(tmp_path / f"r{i}", f"run {i}", ["no", "yes"], n_snapshots=2 + i)
+    page = build_report(tmp_path).read_text()
+    assert "Showing the first 4 of 5 runs." in page
+    frames = iio.imread(tmp_path / "figures" / "repr_fc_1__class.gif", index=None)
+    assert frames.shape[0] == 5  # the longest shown run (run 3) has 5 snapshots; shorter runs hold their last
+    assert page.count("<tr>") == 2 * (1 + 5)  # overview and provenance: a header and every run

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deepscope._media import _FORMATS, _animate, _check_fps, _figure, _formats, _frame_size, _save_figure, _wrap
-from deepscope._plot_style import CLASS_COLORS, CLASS_MARKERS, _class_handles, _points_and_labels, _vector
+from deepscope._plot_style import _class_handles, _points_and_labels, _vector, class_color, class_marker
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -86,8 +86,8 @@ def _decision_panel(
             points[labels == k, 0],
             points[labels == k, 1],
             s=size,
-            marker=CLASS_MARKERS[k],
-            color=CLASS_COLORS[k],
+            marker=class_marker(k),
+            color=class_color(k),
             edgecolors="black",
             linewidths=edge,
             zorder=4,
@@ -201,7 +201,10 @@ def decision_animation(
             contour.set_segments(_boundary(extent, probs[i]))
             title.set_text(f"{label} — step {int(steps[i])}")
 
-    keys = [*CLASS_COLORS[: len(names)], *_probability_cmap()[0].colors]  # every colour band stays exact
+    keys = [
+        *dict.fromkeys(class_color(k) for k in range(len(names))),
+        *_probability_cmap()[0].colors,
+    ]  # every colour band stays exact
     return _animate(fig, canvas, animated, update, n_frames, out_base, fmts, fps, keys)
 
 

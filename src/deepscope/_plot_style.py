@@ -22,6 +22,17 @@ WRONG_COLOR = "#D55E00"  # Okabe–Ito vermillion
 # class 0 = orange ("yellow" in the seed article), class 1 = blue, then the rest of Okabe–Ito
 CLASS_COLORS = ("#E69F00", "#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 CLASS_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+MAX_CLASSES = len(CLASS_COLORS) * len(CLASS_MARKERS)  # distinct (colour, marker) pairs
+
+
+def class_color(k: int) -> str:
+    """Colour of class ``k``: Okabe–Ito, cycling every 8 classes."""
+    return CLASS_COLORS[k % len(CLASS_COLORS)]
+
+
+def class_marker(k: int) -> str:
+    """Marker of class ``k``: shifted by one per colour cycle, so (colour, marker) stays unique up to 64 classes."""
+    return CLASS_MARKERS[(k + k // len(CLASS_COLORS)) % len(CLASS_MARKERS)]
 
 
 def _vector(values: Any, length: int, name: str, where: str, what: str) -> np.ndarray:
@@ -49,8 +60,8 @@ def _class_names(class_names: Sequence[str] | None, labels: np.ndarray) -> list[
     names = [str(name) for name in class_names]
     if len(names) < n_classes:
         raise ValueError(f"labels contain class {n_classes - 1} but only {len(names)} class_names were given")
-    if len(names) > len(CLASS_COLORS):
-        raise ValueError(f"at most {len(CLASS_COLORS)} classes can be told apart by colour and marker")
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"at most {MAX_CLASSES} classes can be told apart by colour and marker, got {len(names)}")
     return names
 
 
@@ -73,9 +84,9 @@ def _class_handles(names: Sequence[str], counts: Sequence[int] | None = None, ed
                 [],
                 [],
                 linestyle="none",
-                marker=CLASS_MARKERS[k],
+                marker=class_marker(k),
                 markersize=6,
-                markerfacecolor=CLASS_COLORS[k],
+                markerfacecolor=class_color(k),
                 markeredgecolor=edge,
                 markeredgewidth=0.5,
                 label=label,

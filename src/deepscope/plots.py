@@ -59,6 +59,8 @@ from deepscope._plot_style import (
     _points_and_labels,
     _reference_line,
     _vector,
+    class_color,
+    class_marker,
 )
 
 if TYPE_CHECKING:
@@ -172,6 +174,7 @@ def representation_animation(
     color_by: Literal["correctness", "class"],
     class_names: Sequence[str] | None = None,
     layer: str = "",
+    axis_names: tuple[str, str] = ("unit 1", "unit 2"),
     fps: int = 10,
     formats: Sequence[str] = _FORMATS,
 ) -> list[Path]:
@@ -187,6 +190,7 @@ def representation_animation(
             ``"class"`` (true-class colour and marker).
         class_names: Names of the classes (default ``"class 0"``, ``"class 1"``, ...).
         layer: Name of the layer shown, for the title.
+        axis_names: What the two coordinates are (``"PC 1"``… for a projection), for the axis labels.
         fps: Frames per second.
         formats: Any of ``"gif"`` and ``"mp4"``.
 
@@ -237,7 +241,7 @@ def representation_animation(
     else:
         meaning = "colour and marker = true class · axes z-scored per frame"
         handles = _class_handles(names)
-        key_colors = list(CLASS_COLORS[: len(names)])
+        key_colors = list(dict.fromkeys(class_color(k) for k in range(len(names))))
     fig.suptitle(f"{_wrap(what, width)}\n{_wrap(meaning, width)}", fontsize=10.5)
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9)
 
@@ -246,8 +250,8 @@ def representation_animation(
     for ax, run, z in zip(axes, runs, zs, strict=True):
         ax.set_xlim(*_limits(z[..., 0]))
         ax.set_ylim(*_limits(z[..., 1]))
-        ax.set_xlabel("unit 1 (z-score)")
-        ax.set_ylabel("unit 2 (z-score)")
+        ax.set_xlabel(f"{axis_names[0]} (z-score)")
+        ax.set_ylabel(f"{axis_names[1]} (z-score)")
         ax.tick_params(labelsize=8)
         ax.grid(True, color="0.92", linewidth=0.6)
         ax.set_axisbelow(True)
@@ -263,8 +267,8 @@ def representation_animation(
                     empty[:, 0],
                     empty[:, 1],
                     s=10 if k == 0 else 14,
-                    marker=CLASS_MARKERS[k],
-                    color=CLASS_COLORS[k],
+                    marker=class_marker(k),
+                    color=class_color(k),
                     linewidths=0,
                     zorder=2 + k,
                 )
@@ -475,8 +479,8 @@ def toy_task_figure(
             pts[sel, 0],
             pts[sel, 1],
             s=14,
-            marker=CLASS_MARKERS[k],
-            color=CLASS_COLORS[k],
+            marker=class_marker(k),
+            color=class_color(k),
             edgecolors="black",
             linewidths=0.25,
             zorder=2 + k,

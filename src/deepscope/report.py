@@ -9,6 +9,7 @@ are escaped by Jinja's autoescaping.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deepscope import plots
+from deepscope._progress import track
 from deepscope.store import RunReader, find_runs
 
 __all__ = ["build_report"]
@@ -36,6 +38,7 @@ _META_BASELINE = "probe/majority_baseline"
 _META_CLASSES = "probe/class_names"
 _META_LAYERS = "repr/layers"
 _META_EXTENT = "input/grid_extent"
+_MAX_PANELS = 4  # runs shown side by side in one animation
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
 
@@ -75,7 +78,7 @@ def build_report(
     readers = [RunReader(d) for d in run_dirs]
     try:
         sections: list[_Section] = []
-        for build in _SECTIONS:
+        for build in track(_SECTIONS, "rendering report", total=len(_SECTIONS)):
             result = build(readers, fig_dir)
             sections.extend(result if isinstance(result, list) else [result] if result is not None else [])
     finally:
@@ -213,35 +216,45 @@ def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[_Sectio
     sections = []
     for layer in layers:
         tag = _REPR.format(layer=layer)
-        runs = [_scatter_sequence(r, tag) for r in readers if tag in r.tensor_tags() and _PRED in r.tensor_tags()]
-        if not runs:
+        usable = [r for r in readers if tag in r.tensor_tags() and _PRED in r.tensor_tags()]
+        if not usable:
             continue
+        shown = usable[:_MAX_PANELS]
+        runs = _same_length([_scatter_sequence(r, tag) for r in shown])
         names = _class_names(readers[0])
         slug = _slug(layer)
+        width = shown[0].tensor(tag, int(shown[0].tensor_steps(tag)[0])).shape[1]
+        axes = ("unit 1", "unit 2") if width <= 2 else ("PC 1", "PC 2")
+        common = {"class_names": names, "layer": layer, "axis_names": axes}
         by_correct = plots.representation_animation(
-            runs, fig_dir / f"repr_{slug}_correctness", color_by="correctness", class_names=names, layer=layer
+            runs, fig_dir / f"repr_{slug}_correctness", color_by="correctness", **common
         )
-        by_class = plots.representation_animation(
-            runs, fig_dir / f"repr_{slug}_class", color_by="class", class_names=names, layer=layer
-        )
-        width = readers[0].tensor(tag, int(readers[0].tensor_steps(tag)[0])).shape[1]
+        by_class = plots.representation_animation(runs, fig_dir / f"repr_{slug}_class", color_by="class", **common)
         how = (
             "its two units, each z-scored per frame"
             if width == 2
             else f"its first two principal components (of {width} stored dimensions), aligned frame to frame"
         )
+        paragraphs = [
+            f"Every point of the probe set, as seen by layer {layer!r}: {how}. One panel per run, one frame per "
+            "snapshot. First animation: blue circles are classified correctly, vermillion crosses wrongly. Second: "
+            "the same frames in the true-class colours.",
+            "What to look for: classes pulling apart into regions the following layers can separate; errors "
+            "concentrated where classes still overlap; runs that differ only by their seed settling into different "
+            "arrangements.",
+        ]
+        if width == 2 and len(names) == 2:
+            paragraphs.append(
+                "With two units and two classes the network must move the classes to opposite ends of a direction "
+                "the last layer can threshold; watch which group of points is isolated first."
+            )
+        if len(usable) > len(shown):
+            paragraphs.append(f"Showing the first {len(shown)} of {len(usable)} runs.")
         sections.append(
             _Section(
                 f"repr-{slug}",
                 f"Inside the network: layer “{layer}” during training",
-                (
-                    f"Every point of the probe set, as seen by layer {layer!r}: {how}. One panel per run, one "
-                    "frame per snapshot. Left animation: blue circles are classified correctly, vermillion crosses "
-                    "wrongly. Right: the same frames in the true-class colours.",
-                    "What to look for: the network must move the two classes to opposite ends of a line the last "
-                    "layer can threshold. Watch one cluster being isolated first, then the other; rays from the "
-                    "origin are the images of the input square's corners through the ReLU layer.",
-                ),
+                tuple(paragraphs),
                 figures=(
                     _Figure(_pick(by_correct, ".gif"), "Coloured by correctness.", _downloads(by_correct)),
                     _Figure(_pick(by_class, ".gif"), "Coloured by true class.", _downloads(by_class)),
@@ -252,13 +265,15 @@ def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[_Sectio
 
 
 def _decision(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
-    usable = [r for r in readers if _GRID in r.tensor_tags() and _INPUTS in r.tensor_tags()]
+    usable = [r for r in readers if _GRID in r.tensor_tags() and _INPUTS in r.tensor_tags()][:_MAX_PANELS]
     if not usable:
         return None
     runs = []
+    frames = max(len(r.tensor_steps(_GRID)) for r in usable)
     for reader in usable:
         steps, grids = reader.tensors(_GRID)
-        runs.append((reader.info.name, steps, np.stack(grids)))
+        pad = frames - len(steps)  # a shorter run holds its last frame
+        runs.append((reader.info.name, np.pad(steps, (0, pad), mode="edge"), np.stack(grids + grids[-1:] * pad)))
     first = usable[0]
     extent = tuple(first.meta()[_META_EXTENT])
     paths = plots.decision_animation(
@@ -316,6 +331,25 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], _Section | list[_Section] 
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _same_length(runs: list[plots.ScatterSequence]) -> list[plots.ScatterSequence]:
+    """Pad shorter runs by repeating their last frame, so runs of different lengths animate side by side."""
+    frames = max(len(r.steps) for r in runs)
+
+    def pad(values: np.ndarray, n: int) -> np.ndarray:
+        return np.concatenate([values, np.repeat(values[-1:], n, axis=0)]) if n else values
+
+    return [
+        dataclasses.replace(
+            r,
+            steps=pad(r.steps, frames - len(r.steps)),
+            points=pad(r.points, frames - len(r.steps)),
+            correct=pad(r.correct, frames - len(r.steps)),
+            accuracy=pad(r.accuracy, frames - len(r.steps)),
+        )
+        for r in runs
+    ]
 
 
 def _scatter_sequence(reader: RunReader, tag: str) -> plots.ScatterSequence:
