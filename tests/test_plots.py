@@ -294,3 +294,11 @@ def test_full_size_animation_is_fast(tmp_path) -> None:
     elapsed = time.perf_counter() - start
     assert elapsed < 20, f"100 frames x 3 panels x 1000 points took {elapsed:.1f} s (target < 10 s)"
     assert paths[0].stat().st_size < 4_500_000
+
+
+def test_class_encodings_stay_distinct_up_to_64_classes():
+    from deepscope._plot_style import MAX_CLASSES, class_color, class_marker
+
+    pairs = {(class_color(k), class_marker(k)) for k in range(MAX_CLASSES)}
+    assert MAX_CLASSES == 64 and len(pairs) == 64
+    assert len({class_color(k) for k in range(8)}) == 8 and len({class_marker(k) for k in range(8)}) == 8

@@ -107,6 +107,8 @@ def layers(
     from deepscope._loading import load_model
     from deepscope.layers import list_layers
 
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:  # like `python -m`: module:factory from the cwd
+        sys.path.insert(0, str(Path.cwd()))
     net = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
     shape = _parse_shape(input_shape) if input_shape else (1, 3, 224, 224) if model.startswith("torchvision:") else None
     example = torch.zeros(shape) if shape else None
