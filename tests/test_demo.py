@@ -70,7 +70,11 @@ def test_demo_settings_and_rerun_replace_earlier_output(tmp_path):
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"optimiser": "sgd"}, "Did you mean: optimizer"), ({"lr": "fast"}, "not a valid float"), ({"seeds": "a"}, "ints")],
+    [
+        ({"optimiser": "sgd"}, "Did you mean: optimizer"),
+        ({"lr": "fast"}, "not a valid float"),
+        ({"seeds": "a"}, "ints"),
+    ],
 )
 def test_bad_demo_settings_are_explained(tmp_path, overrides, message):
     with pytest.raises((KeyError, ValueError), match=message):

@@ -258,18 +258,19 @@ class Recorder:
         for layer, value in layer_outputs.items():
             writer.add_tensor(TAGS.REPR.format(layer=layer), step, value.cpu().numpy())
         if self._grid is not None and not callable(self.predict) and _is_binary(outputs):
-            scores = self._positive_score(self._forward_probe(self._grid)[0])
+            scores = self._positive_score(self._forward_probe(self._grid, capture=False)[0])
             side = self.decision_grid
             writer.add_tensor(TAGS.GRID_SCORE, step, scores.reshape(side, side).float().cpu().numpy())
 
-    def _forward_probe(self, inputs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run the model on ``inputs`` in batches; return outputs and the flattened layer outputs."""
+    def _forward_probe(self, inputs: Tensor, *, capture: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run the model on ``inputs`` in batches; return outputs and (if ``capture``) the flattened layer outputs."""
         device = model_device(self.model)
         outputs: list[Tensor] = []
-        captured: dict[str, list[Tensor]] = {name: [] for name in self.layers}
+        layers = self.layers if capture else {}
+        captured: dict[str, list[Tensor]] = {name: [] for name in layers}
         with preserved(self.model, grads=False), torch.no_grad(), HookSet() as hooks:
             self.model.eval()
-            latest = hooks.capture_outputs(self.layers, transform=lambda t: t.detach().flatten(1).float())
+            latest = hooks.capture_outputs(layers, transform=lambda t: t.detach().flatten(1).float())
             for start in range(0, inputs.shape[0], self.batch_size):
                 batch = inputs[start : start + self.batch_size].to(device)
                 out = self.model(batch)
@@ -279,7 +280,7 @@ class Recorder:
                         "wrap the model so that forward returns the logits"
                     )
                 outputs.append(out.detach())
-                for name in self.layers:
+                for name in layers:
                     if name not in latest:
                         raise RuntimeError(f"layer {name!r} was not called during the forward pass of the probe set")
                     captured[name].append(latest.pop(name))
