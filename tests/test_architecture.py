@@ -23,6 +23,8 @@ LAYERS = {
     "targets": 1,
     "_loading": 1,
     "repro": 2,
+    "attribution": 2,
+    "datasets": 1,
     "recorder": 3,
     "plots": 4,
     "_media": 4,

@@ -23,6 +23,9 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 # public name -> module that defines it (loaded lazily, STYLE principle 15)
 _EXPORTS = {
     "Recorder": "deepscope.recorder",
+    "explain": "deepscope.attribution",
+    "AttributionMap": "deepscope.attribution",
+    "ATTRIBUTIONS": "deepscope.attribution",
     "list_layers": "deepscope.layers",
     "resolve_layer": "deepscope.layers",
     "LayerInfo": "deepscope.layers",

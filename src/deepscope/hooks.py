@@ -23,12 +23,12 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookSet"]
+__all__ = ["HookSet", "first_tensor"]
 
 _UNSET = object()
 
 
-def _first_tensor(value: Any) -> Tensor | None:
+def first_tensor(value: Any) -> Tensor | None:
     """Return ``value`` if it is a tensor, else the first tensor found depth-first in a tuple, list or mapping."""
     if isinstance(value, Tensor):
         return value
@@ -39,7 +39,7 @@ def _first_tensor(value: Any) -> Tensor | None:
     else:
         return None
     for item in items:
-        found = _first_tensor(item)
+        found = first_tensor(item)
         if found is not None:
             return found
     return None
@@ -148,7 +148,7 @@ class HookSet:
 
         def make_hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
             def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-                tensor = _first_tensor(output)
+                tensor = first_tensor(output)
                 if tensor is not None:
                     captured[name] = transform(tensor) if transform is not None else tensor
 

@@ -26,11 +26,12 @@ from torch import Tensor, nn
 
 from deepscope.errors import LayerNotFoundError
 from deepscope.guard import preserved
-from deepscope.hooks import HookSet, _first_tensor
+from deepscope.hooks import HookSet, first_tensor
 
 __all__ = [
     "LayerInfo",
     "LayerSpec",
+    "guess_spatial_layer",
     "layer_names",
     "list_layers",
     "model_device",
@@ -210,7 +211,7 @@ def _output_shapes(
     def make_hook(name: str) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if name not in shapes:
-                tensor = _first_tensor(output)
+                tensor = first_tensor(output)
                 shapes[name] = tuple(tensor.shape) if tensor is not None else None
 
         return hook
@@ -259,3 +260,40 @@ def list_layers(model: nn.Module, example_input: Any = None, *, leaves_only: boo
             )
         )
     return infos
+
+
+def guess_spatial_layer(model: nn.Module, example_input: Any) -> str:
+    """The last layer (in execution order) whose output is a spatial map ``(N, C, H, W)``.
+
+    The default layer of the CAM family: the end of the convolutional trunk (``layer4`` of a
+    ResNet, ``features`` of a VGG). Layers with a larger-than-1×1 map are preferred; one no-grad
+    forward pass in eval mode finds them, and the model is left unchanged.
+
+    Raises:
+        ValueError: no layer produces a 4-D output; pass ``layer=`` (and ``reshape=`` for tokens).
+    """
+    _check_model(model)
+    args, kwargs = _split_input(example_input, model_device(model))
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def make_hook(name: str) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            tensor = first_tensor(output)
+            if tensor is not None and tensor.ndim == 4:
+                seen.append((name, tuple(tensor.shape)))
+
+        return hook
+
+    with preserved(model, grads=False), HookSet() as hooks, torch.no_grad():
+        model.eval()
+        for name, module in model.named_modules():
+            if name and not isinstance(module, torch.jit.ScriptModule):
+                hooks.forward(module, make_hook(name))
+        model(*args, **kwargs)
+    if not seen:
+        raise ValueError(
+            "no layer of the model outputs a spatial map (N, C, H, W); pass layer= explicitly, with reshape= "
+            "for token outputs such as a ViT's (N, 1 + H*W, C)"
+        )
+    spatial = [name for name, shape in seen if shape[2] * shape[3] > 1]
+    return (spatial or [name for name, _ in seen])[-1]

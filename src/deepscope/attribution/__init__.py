@@ -1,0 +1,14 @@
+"""Attribution: explain a prediction with any classic method, and measure how faithful the map is.
+
+``explain(model, inputs, method, target=None, layer=None, **params)`` returns an
+:class:`AttributionMap`. Methods live in :data:`ATTRIBUTIONS`, filled by the family modules
+imported here.
+"""
+
+from __future__ import annotations
+
+from deepscope.attribution import backprop_rules, cam, gradient, perturbation  # noqa: F401  (register methods)
+from deepscope.attribution.base import ATTRIBUTIONS, Attribution, explain
+from deepscope.attribution.result import AttributionMap
+
+__all__ = ["ATTRIBUTIONS", "Attribution", "AttributionMap", "explain"]

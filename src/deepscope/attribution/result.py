@@ -1,0 +1,103 @@
+"""``AttributionMap``: the frozen result of every explanation method, with its provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["AttributionMap", "Normalization"]
+
+Normalization = Literal["abs", "signed", "percentile", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionMap:
+    """Attribution maps for a batch of inputs and how they were made.
+
+    Attributes:
+        maps: float32, detached, on the input's device: ``(N, H, W)`` for single-map methods
+            (CAM family, occlusion, RISE) or ``(N, C, H, W)`` for per-channel methods (the
+            gradient family). Raw values, not normalised: use :meth:`normalized` for display.
+        method: the registry key (``"gradcam"``…).
+        layer: the dotted name of the layer used, or ``None`` for input-space methods.
+        target: the class index explained for each sample, or a description of a custom target.
+        params: the method's parameters after defaults were applied.
+        scores: the target score of each sample ``(N,)`` at the unmodified input (pre-softmax).
+        extras: method-specific results (e.g. the Integrated Gradients convergence ``delta``).
+        versions: library versions that produced the maps.
+    """
+
+    maps: Tensor
+    method: str
+    layer: str | None
+    target: list[int] | str
+    params: dict[str, Any]
+    scores: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def spatial(self) -> Tensor:
+        """One ``(N, H, W)`` map per input: per-channel maps are summed over channels (signed)."""
+        return self.maps.sum(dim=1) if self.maps.ndim == 4 else self.maps
+
+    def normalized(self, mode: Normalization = "abs", *, percentile: float = 99.0) -> Tensor:
+        """``(N, H, W)`` maps scaled per sample for display; the choice is explicit, never implied.
+
+        Modes:
+            ``"abs"``: |m| / max |m| in [0, 1] (magnitude, sign ignored).
+            ``"signed"``: m / max |m| in [-1, 1] (for a diverging colour map centred on 0).
+            ``"percentile"``: |m| clipped at its ``percentile``-th value, then scaled to [0, 1]
+            (robust to a few extreme pixels, as in SmoothGrad's figures).
+            ``"none"``: the raw spatial maps.
+        """
+        maps = self.spatial()
+        flat = maps.flatten(1)  # (N, H*W)
+        if mode == "none":
+            return maps
+        if mode == "signed":
+            scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
+            return maps / scale[:, None, None]
+        if mode == "abs":
+            scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
+            return maps.abs() / scale[:, None, None]
+        if mode == "percentile":
+            if not 0 < percentile <= 100:
+                raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+            top = torch.quantile(flat.abs(), percentile / 100, dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
+            return (maps.abs() / top[:, None, None]).clamp(max=1.0)
+        raise ValueError(f"unknown normalisation {mode!r}; valid: 'abs', 'signed', 'percentile', 'none'")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write maps, scores and provenance to a ``.npz`` file readable without torch."""
+        import numpy as np
+
+        out = Path(path)
+        meta = {
+            "method": self.method,
+            "layer": self.layer,
+            "target": self.target,
+            "params": {
+                k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
+                for k, v in self.params.items()
+            },
+            "versions": self.versions,
+        }
+        np.savez_compressed(
+            out,
+            maps=self.maps.detach().cpu().numpy(),
+            scores=self.scores.detach().cpu().numpy(),
+            meta=np.array(json.dumps(meta)),
+        )
+        return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+    def __repr__(self) -> str:
+        return (
+            f"AttributionMap(method={self.method!r}, layer={self.layer!r}, maps={tuple(self.maps.shape)}, "
+            f"target={self.target!r})"
+        )
