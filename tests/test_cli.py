@@ -88,7 +88,7 @@ def test_debug_shows_the_traceback():
 def test_demo_quick_via_cli(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "report:" in out and (tmp_path / "toy2d" / "report.html").exists()
+    assert "report:" in out and (tmp_path / "report.html").exists()  # the tour: one report for every demo
 
 
 @pytest.mark.parametrize(

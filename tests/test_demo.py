@@ -3,7 +3,7 @@ import re
 import imageio.v3 as iio
 import pytest
 
-from deepscope.demos import toy2d
+from deepscope.demos import run_demo
 from deepscope.store import RunReader
 
 EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:|//)|url\(\s*["']?(https?:|//)|@import""", re.I)
@@ -11,7 +11,7 @@ EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:|//)|url\(\s*["']?(ht
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    return toy2d.run(tmp_path_factory.mktemp("demo"), quick=True)
+    return run_demo("toy2d", tmp_path_factory.mktemp("demo"), quick=True)
 
 
 def test_quick_demo_writes_runs_figures_and_report(quick_demo):
@@ -50,18 +50,18 @@ def test_report_is_self_contained(quick_demo):
 
 @pytest.mark.slow
 def test_full_demo_matches_the_issue(tmp_path):
-    result = toy2d.run(tmp_path)
+    result = run_demo("toy2d", tmp_path)
     assert len(result.runs) == 3
-    frames = iio.imread(tmp_path / "figures" / "repr_bottleneck_class.gif", index=None)
+    frames = iio.imread(tmp_path / "toy2d" / "figures" / "repr_bottleneck_class.gif", index=None)
     assert frames.shape[0] == 101
 
 
 def test_demo_settings_and_rerun_replace_earlier_output(tmp_path):
-    first = toy2d.run(tmp_path, quick=True, overrides={"seeds": "5", "epochs": "1", "optimizer": "sgd", "lr": "0.1"})
+    first = run_demo("toy2d", tmp_path, quick=True, overrides={"seeds": "5", "epochs": "1", "optimizer": "sgd", "lr": "0.1"})
     assert [p.name for p in first.runs] == ["seed-5"]
     with RunReader(first.runs[0]) as reader:
         assert reader.info.config["optimizer"] == "sgd" and reader.info.config["lr"] == 0.1
-    second = toy2d.run(tmp_path, quick=True, overrides={"seeds": "6", "epochs": "1"})
+    second = run_demo("toy2d", tmp_path, quick=True, overrides={"seeds": "6", "epochs": "1"})
     page = second.report.read_text()
     assert "seed 6" in page and "seed 5" not in page  # the earlier demo's run is gone from the report
     with RunReader(second.runs[0]) as reader:
@@ -78,4 +78,9 @@ def test_demo_settings_and_rerun_replace_earlier_output(tmp_path):
 )
 def test_bad_demo_settings_are_explained(tmp_path, overrides, message):
     with pytest.raises((KeyError, ValueError), match=message):
-        toy2d.run(tmp_path, quick=True, overrides=overrides)
+        run_demo("toy2d", tmp_path, quick=True, overrides=overrides)
+
+
+def test_settings_need_a_named_demo(tmp_path):
+    with pytest.raises(ValueError, match="name it"):
+        run_demo("tour", tmp_path, quick=True, overrides={"lr": "0.1"})

@@ -51,7 +51,7 @@ def _root(
 
 @app.command()
 def demo(
-    name: Annotated[str, typer.Argument(help="Demo to run (see the README); default: toy2d.")] = "toy2d",
+    name: Annotated[str, typer.Argument(help="Demo to run (toy2d, ...); default: the tour of every demo.")] = "tour",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs, figures and report.")] = Path(
         "runs/demo"
     ),
@@ -62,12 +62,10 @@ def demo(
     ] = None,
 ) -> None:
     """Run a built-in demo on data generated offline and write its HTML report."""
-    import deepscope.demos  # noqa: F401  (registers the demos)
-    from deepscope.registry import DEMOS
+    from deepscope.demos import run_demo
 
-    run = DEMOS.get(name)
     start = time.perf_counter()
-    result = run(out / name, quick=quick, overrides=_parse_settings(settings or []))
+    result = run_demo(name, out, quick=quick, overrides=_parse_settings(settings or []))
     console = _console()
     console.print(f"demo {name!r} finished in {time.perf_counter() - start:.1f} s")
     console.print(f"report: {result.report.resolve()}")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from deepscope._attribution_plots import MapRow, attribution_grid, overlay
 from deepscope._decision_plots import decision_animation, decision_snapshots
 from deepscope._media import (
     _FORMATS,
@@ -71,10 +72,13 @@ __all__ = [
     "CLASS_MARKERS",
     "CORRECT_COLOR",
     "WRONG_COLOR",
+    "MapRow",
     "ScatterSequence",
+    "attribution_grid",
     "decision_animation",
     "decision_snapshots",
     "loss_curves",
+    "overlay",
     "representation_animation",
     "toy_task_figure",
     "training_curves",

@@ -73,23 +73,48 @@ def build_report(
     root = Path(path)
     run_dirs = find_runs(root)
     out_file = Path(out) if out is not None else root / "report.html"
-    fig_dir = out_file.parent / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    readers = [RunReader(d) for d in run_dirs]
-    try:
-        sections: list[_Section] = []
-        for build in track(_SECTIONS, "rendering report", total=len(_SECTIONS)):
-            result = build(readers, fig_dir)
-            sections.extend(result if isinstance(result, list) else [result] if result is not None else [])
-    finally:
-        for reader in readers:
-            reader.close()
+    groups = _group_runs(root, run_dirs)
+    sections: list[_Section] = []
+    for group, dirs in track(groups.items(), "rendering report", total=len(groups)):
+        fig_dir = out_file.parent / "figures" / group if len(groups) > 1 else out_file.parent / "figures"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        readers = [RunReader(d) for d in dirs]
+        try:
+            group_sections: list[_Section] = []
+            for build in _SECTIONS:
+                result = build(readers, fig_dir)
+                group_sections.extend(result if isinstance(result, list) else [result] if result is not None else [])
+        finally:
+            for reader in readers:
+                reader.close()
+        if len(groups) > 1:  # one report, several experiments: prefix titles and anchors with the group
+            group_sections = [
+                dataclasses.replace(s, anchor=f"{_slug(group)}-{s.anchor}", title=f"{group} · {s.title}")
+                for s in group_sections
+            ]
+        sections.extend(group_sections)
     page = _render(title or f"deepscope report — {root.resolve().name}", sections, run_dirs, out_file.parent)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out_file)
     return out_file
+
+
+def _group_runs(root: Path, run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
+    """Runs grouped by the folder that holds them (an experiment); one group when ``root`` is a run or a flat folder."""
+    groups: dict[str, list[Path]] = {}
+    for run in run_dirs:
+        parent = run.parent.resolve()
+        key = (
+            "."
+            if parent == root.resolve() or run.resolve() == root.resolve()
+            else str(parent.relative_to(root.resolve()))
+        )
+        groups.setdefault(key, []).append(run)
+    if len(groups) == 1:
+        return {root.resolve().name: next(iter(groups.values()))}
+    return groups
 
 
 # -- sections ---------------------------------------------------------------------------------------

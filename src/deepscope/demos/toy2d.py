@@ -13,7 +13,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from deepscope.demos._common import apply_overrides, clear_runs
 from deepscope.recorder import Recorder
 from deepscope.registry import DEMOS
 
-__all__ = ["CIRCLES", "DemoResult", "Toy2DConfig", "make_data", "make_model", "run", "train_one"]
+__all__ = ["CIRCLES", "Toy2DConfig", "make_data", "make_model", "record", "train_one"]
 
 CIRCLES: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 2.0), (3.0, 3.0, 1.0))  # (x, y, radius)
 CLASS_NAMES = ("yellow", "blue")  # the article's colours: outside / inside a disc
@@ -49,15 +49,6 @@ class Toy2DConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.n_points < 10 or self.epochs < 1 or self.batch_size < 1 or self.every < 1 or not self.seeds:
             raise ValueError("n_points >= 10, epochs >= 1, batch_size >= 1, every >= 1 and at least one seed")
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """Where a demo wrote its runs and its report."""
-
-    out_dir: Path
-    report: Path
-    runs: tuple[Path, ...] = field(default=())
 
 
 def make_data(n_points: int = 1000, seed: int = 30) -> tuple[Tensor, Tensor]:
@@ -117,25 +108,21 @@ def train_one(run_dir: Path, seed: int, config: Toy2DConfig, points: Tensor, lab
 
 
 @DEMOS.register("toy2d")
-def run(
+def record(
     out_dir: str | os.PathLike[str],
     *,
     quick: bool = False,
     overrides: Mapping[str, str] | None = None,
     config: Toy2DConfig | None = None,
-) -> DemoResult:
-    """Train the three runs, then write figures, animations and ``report.html`` into ``out_dir``.
+) -> tuple[Path, ...]:
+    """Train the runs (one per seed) into ``out_dir/seed-N`` and return their folders.
 
     ``quick`` trains two runs for two epochs (a smoke test); ``overrides`` sets fields of
     :class:`Toy2DConfig` from text (``{"optimizer": "sgd", "lr": "0.1"}``); ``config`` replaces it.
     """
-    from deepscope.report import build_report
-
     config = config or (Toy2DConfig(seeds=(0, 1), epochs=2, every=20) if quick else Toy2DConfig())
     config = apply_overrides(config, overrides or {})
     out = Path(out_dir)
     clear_runs(out)
     points, labels = make_data(config.n_points, config.data_seed)
-    runs = tuple(train_one(out / f"seed-{seed}", seed, config, points, labels) for seed in config.seeds)
-    report = build_report(out, title="Watching a network learn: the toy 2-D task")
-    return DemoResult(out_dir=out, report=report, runs=runs)
+    return tuple(train_one(out / f"seed-{seed}", seed, config, points, labels) for seed in config.seeds)

@@ -1,0 +1,123 @@
+"""Attribution figures: heat-map overlays and the methods × images comparison grid.
+
+Layer 4 (rendering), re-exported by :mod:`deepscope.plots`: numpy in, PNG out, no torch. Magnitude
+maps use ``inferno``; signed maps a diverging map centred on 0 (``RdBu_r`` with symmetric limits),
+and every figure shows its colour scale (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deepscope._media import _figure, _save_figure
+
+__all__ = ["MapRow", "attribution_grid", "overlay"]
+
+MAGNITUDE_CMAP = "inferno"
+SIGNED_CMAP = "RdBu_r"
+
+
+@dataclass(frozen=True)
+class MapRow:
+    """One method's maps for every image of the grid.
+
+    Attributes:
+        label: row title, e.g. ``"gradcam"``.
+        maps: ``(N, H, W)`` maps already normalised: [0, 1] for magnitudes, [-1, 1] when ``signed``.
+        signed: use the diverging colour map centred on 0.
+        notes: optional text under each image (e.g. ``"deletion AUC 0.12"``), one per image.
+    """
+
+    label: str
+    maps: np.ndarray
+    signed: bool = False
+    notes: Sequence[str] = field(default=())
+
+
+def _as_rgb(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` or ``(N, 3, H, W)`` or grey ``(N, H, W)`` → ``(N, H, W, 3)`` float in [0, 1]."""
+    arr = np.asarray(images, dtype=np.float64)
+    if arr.ndim == 3:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = np.moveaxis(arr, 1, -1)
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be (N, H, W, 3), (N, 3, H, W) or (N, H, W), got shape {np.shape(images)}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    low = arr.min(axis=(1, 2, 3), keepdims=True)
+    high = arr.max(axis=(1, 2, 3), keepdims=True)
+    return (arr - low) / np.where(high > low, high - low, 1.0)  # per-image min-max for display only
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, *, signed: bool = False, alpha: float = 0.5) -> np.ndarray:
+    """Blend a normalised map onto an RGB image; returns ``(H, W, 3)`` floats in [0, 1]."""
+    from matplotlib import colormaps
+
+    rgb = _as_rgb(np.asarray(image)[None])[0]
+    heat = np.asarray(heat, dtype=np.float64)
+    if heat.shape != rgb.shape[:2]:
+        raise ValueError(f"map of shape {heat.shape} does not match the image's {rgb.shape[:2]}")
+    colours = colormaps[SIGNED_CMAP](heat * 0.5 + 0.5)[..., :3] if signed else colormaps[MAGNITUDE_CMAP](heat)[..., :3]
+    return (1 - alpha) * rgb + alpha * colours
+
+
+def attribution_grid(
+    images: np.ndarray,
+    rows: Sequence[MapRow],
+    out_png: Path,
+    *,
+    titles: Sequence[str] = (),
+    title: str = "Attribution maps",
+    tile_px: int = 128,
+) -> Path:
+    """A grid with one row per method and one column per image (the inputs on top), with colour bars.
+
+    Args:
+        images: the inputs, ``(N, H, W, 3)`` or ``(N, 3, H, W)``.
+        rows: one :class:`MapRow` per method.
+        out_png: PNG path to write.
+        titles: one caption per image (e.g. true and predicted class).
+        title: figure title.
+        tile_px: size of each tile in pixels.
+    """
+    rgb = _as_rgb(images)
+    n = rgb.shape[0]
+    if not rows:
+        raise ValueError("attribution_grid needs at least one row of maps")
+    for row in rows:
+        if np.shape(row.maps) != (n, *rgb.shape[1:3]):
+            raise ValueError(
+                f"row {row.label!r} has maps of shape {np.shape(row.maps)}; expected {(n, *rgb.shape[1:3])}"
+            )
+    width = 130 + n * tile_px + 70
+    height = 60 + (len(rows) + 1) * (tile_px + 22)
+    fig, canvas = _figure(width, height, layout="constrained")
+    axes = fig.subplots(len(rows) + 1, n, squeeze=False)
+    for j in range(n):
+        ax = axes[0, j]
+        ax.imshow(rgb[j], interpolation="nearest")
+        ax.set_title(titles[j] if j < len(titles) else f"input {j}", fontsize=8)
+    axes[0, 0].set_ylabel("input", fontsize=9)
+    for i, row in enumerate(rows, start=1):
+        image_artist = None
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(rgb[j].mean(axis=-1), cmap="gray", interpolation="nearest")
+            cmap, limits = (SIGNED_CMAP, (-1.0, 1.0)) if row.signed else (MAGNITUDE_CMAP, (0.0, 1.0))
+            image_artist = ax.imshow(row.maps[j], cmap=cmap, vmin=limits[0], vmax=limits[1], alpha=0.6)
+            if j < len(row.notes):
+                ax.set_xlabel(row.notes[j], fontsize=7)
+        axes[i, 0].set_ylabel(row.label, fontsize=9)
+        bar = fig.colorbar(image_artist, ax=axes[i, :].tolist(), fraction=0.02, pad=0.01)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label("signed, scaled" if row.signed else "|map|, scaled", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    return _save_figure(fig, canvas, Path(out_png))
