@@ -14,6 +14,8 @@ A call that is expected to raise asserts it inside ``fn`` (see ``_list_layers_ra
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 from _model_state import HOOK_DICTS as _HOOK_DICTS
+from deepscope.attribution import ATTRIBUTIONS, explain
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet
 from deepscope.layers import list_layers, resolve_layers
@@ -239,7 +242,44 @@ def _recorder_raises_in_probe(model: nn.Module, inputs: Tensor) -> None:
         rec.step(loss=1.0)
 
 
+# Cheap settings so every registered method runs on every architecture in seconds (filtered per method).
+FAST_PARAMS = {"n_steps": 4, "n_samples": 2, "top_k": 4, "n_masks": 16, "window": 16, "stride": 16, "batch_size": 8}
+
+
+def _explain(name: str, model: nn.Module, inputs: Tensor) -> None:
+    """Every registered attribution method: a valid map on images; a clear error where it does not apply."""
+    cls = ATTRIBUTIONS.get(name)
+    accepted = inspect.signature(cls).parameters
+    params = {k: v for k, v in FAST_PARAMS.items() if k in accepted}
+    if "generator" in accepted:
+        params["generator"] = torch.Generator().manual_seed(0)
+    if inputs.ndim != 4 and (cls.needs_layer or name in IMAGE_ONLY_METHODS):
+        with pytest.raises((ValueError, TypeError)):
+            explain(model, inputs, name, **params)
+        return
+    result = explain(model, inputs, name, **params)
+    maps = result.maps
+    assert maps.dtype == torch.float32 and not maps.requires_grad and torch.isfinite(maps).all()
+    assert maps.shape[0] == inputs.shape[0]
+    if inputs.ndim == 4:  # images: maps at input resolution, (N, H, W) or (N, C, H, W)
+        assert maps.shape[-2:] == inputs.shape[-2:]
+    else:  # vectors: per-feature maps
+        assert maps.shape == inputs.shape
+    assert result.scores.shape == (inputs.shape[0],)
+
+
+IMAGE_ONLY_METHODS = {"occlusion", "rise"}
+
+
+def _explain_raises(model: nn.Module, inputs: Tensor) -> None:
+    """A target out of range fails inside explain(), after the guard took its snapshot."""
+    with pytest.raises(ValueError, match="out of range"):
+        explain(model, inputs, "saliency", target=10**6)
+
+
 MODEL_CALLS: dict[str, Callable[[nn.Module, Tensor], None]] = {
+    **{f"explain:{name}": functools.partial(_explain, name) for name in ATTRIBUTIONS.names()},
+    "explain_raises": _explain_raises,
     "recorder_records": _recorder_records,
     "recorder_raises_in_probe": _recorder_raises_in_probe,
     "list_layers": _list_layers,
