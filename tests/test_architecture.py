@@ -22,6 +22,7 @@ LAYERS = {
     "guard": 1,
     "targets": 1,
     "_loading": 1,
+    "_images": 1,
     "repro": 2,
     "attribution": 2,
     "datasets": 1,

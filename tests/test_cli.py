@@ -109,3 +109,39 @@ def test_usage_errors_are_one_line(capsys, args, message):
 def test_no_arguments_prints_help(capsys):
     assert main([]) == 0
     assert "Commands" in capsys.readouterr().out
+
+
+def test_explain_writes_maps_figure_and_page(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "cnnmod.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),"
+        " nn.Linear(4, 3))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("a.png", "<b>.png"):
+        paths.append(tmp_path / name)
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(paths[-1])
+    out = tmp_path / "out"
+    args = ["explain", "cnnmod:tiny", *map(str, paths), "-m", "saliency", "--size", "32", "--out", str(out)]
+    assert main([*args, "--target", "2", "-p", "absolute=false"]) == 0
+    assert {p.name for p in out.iterdir()} == {"saliency.png", "saliency.npz", "explain.html"}
+    saved = np.load(out / "saliency.npz")
+    assert saved["maps"].shape == (2, 3, 32, 32) and (saved["maps"] < 0).any()  # absolute=false: signed
+    page = (out / "explain.html").read_text()
+    assert "&lt;b&gt;.png" in page and "<b>.png" not in page  # file names are escaped
+    assert "{&#39;absolute&#39;: False}" in page  # the parameters used, escaped
+
+
+def test_explain_bad_parameter_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "x.png")
+    assert main(["explain", "torchvision:resnet18", str(tmp_path / "x.png"), "-m", "saliency", "-p", "steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "has no parameter 'steps'" in err and err.count("\n") == 1

@@ -57,7 +57,9 @@ def test_full_demo_matches_the_issue(tmp_path):
 
 
 def test_demo_settings_and_rerun_replace_earlier_output(tmp_path):
-    first = run_demo("toy2d", tmp_path, quick=True, overrides={"seeds": "5", "epochs": "1", "optimizer": "sgd", "lr": "0.1"})
+    first = run_demo(
+        "toy2d", tmp_path, quick=True, overrides={"seeds": "5", "epochs": "1", "optimizer": "sgd", "lr": "0.1"}
+    )
     assert [p.name for p in first.runs] == ["seed-5"]
     with RunReader(first.runs[0]) as reader:
         assert reader.info.config["optimizer"] == "sgd" and reader.info.config["lr"] == 0.1

@@ -9,12 +9,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from deepscope import __version__
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from deepscope.attribution import AttributionMap
 
 __all__ = ["app", "main"]
 
@@ -102,12 +107,9 @@ def layers(
     """List a model's layers: dotted name, type, parameters and output shape."""
     import torch
 
-    from deepscope._loading import load_model
     from deepscope.layers import list_layers
 
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:  # like `python -m`: module:factory from the cwd
-        sys.path.insert(0, str(Path.cwd()))
-    net = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
+    net = _load_cli_model(model, weights, trust_checkpoint)
     shape = _parse_shape(input_shape) if input_shape else (1, 3, 224, 224) if model.startswith("torchvision:") else None
     example = torch.zeros(shape) if shape else None
     try:
@@ -122,6 +124,108 @@ def layers(
     total = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     _console().print(f"total parameters: {total:,} (trainable {trainable:,})")
+
+
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="torchvision:NAME, a TorchScript file, or package.module:factory.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Attribution method (see the README).")] = "gradcam",
+    target: Annotated[int | None, typer.Option(help="Class index to explain (default: the predicted class).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer for CAM methods (default: the last spatial layer).")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Method parameter KEY=VALUE, e.g. -p n_steps=64.")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint (state dict), read with weights_only=True.")] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option("--trust-checkpoint", help="Allow arbitrary pickled objects in --weights.")
+    ] = False,
+    size: Annotated[int, typer.Option(help="Images are resized and centre-cropped to SIZE×SIZE.")] = 224,
+    no_normalize: Annotated[
+        bool, typer.Option("--no-normalize", help="Feed [0, 1] pixels instead of ImageNet-normalised ones.")
+    ] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps, figure and page.")] = Path(
+        "runs/explain"
+    ),
+) -> None:
+    """Explain a model's prediction on image files: overlays, maps (.npz) and a self-contained HTML page."""
+    from deepscope import plots
+    from deepscope._images import load_images
+    from deepscope.attribution import explain as explain_maps
+    from deepscope.report import Figure, Section, write_page
+
+    net = _load_cli_model(model, weights, trust_checkpoint)
+    batch, display = load_images(images, size=size, **({"mean": (0, 0, 0), "std": (1, 1, 1)} if no_normalize else {}))
+    result = explain_maps(net, batch, method, target=target, layer=layer, **_parse_params(param or []))
+    signed = bool((result.maps < 0).any())
+    maps = result.normalized("signed" if signed else "percentile").cpu().numpy()
+    titles = [
+        f"{p.name}\nclass {t} · score {s:.2f}"
+        for p, t, s in zip(images, _targets(result), result.scores.tolist(), strict=True)
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    grid = plots.attribution_grid(
+        display,
+        [plots.MapRow(method, maps, signed=signed)],
+        out / f"{method}.png",
+        titles=titles,
+        title=f"{method} on {model}" + (f" · layer {result.layer}" if result.layer else ""),
+    )
+    saved = result.save(out / f"{method}.npz")
+    page = write_page(
+        out / "explain.html",
+        f"deepscope explain — {method}",
+        [
+            Section(
+                "explain",
+                f"{method} on {model}",
+                (
+                    f"Inputs: {', '.join(p.name for p in images)}. "
+                    f"Target: {'the predicted class' if target is None else f'class {target}'}; "
+                    f"layer: {result.layer or 'input'}; parameters: {result.params}.",
+                    "Maps are scaled per image ("
+                    + ("signed, blue < 0 < red" if signed else "|map| clipped at its 99th percentile")
+                    + ").",
+                ),
+                figures=(Figure(grid, f"{method} maps over the inputs.", (saved,)),),
+            )
+        ],
+    )
+    _console().print(f"maps: {saved.resolve()}\npage: {page.resolve()}")
+
+
+def _load_cli_model(spec: str, weights: Path | None, trust_checkpoint: bool) -> nn.Module:
+    from deepscope._loading import load_model
+
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:  # like `python -m`: module:factory from the cwd
+        sys.path.insert(0, str(Path.cwd()))
+    return load_model(spec, weights=weights, trust_checkpoint=trust_checkpoint)
+
+
+def _targets(result: AttributionMap) -> list[int | str]:
+    target = result.target
+    return list(target) if isinstance(target, list) else [target] * result.maps.shape[0]
+
+
+def _parse_params(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs with int, float, bool, None or string values."""
+    params: dict[str, object] = {}
+    for key, value in _parse_settings(items).items():
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            params[key] = lowered == "true"
+        elif lowered == "none":
+            params[key] = None
+        else:
+            for kind in (int, float):
+                try:
+                    params[key] = kind(value)
+                    break
+                except ValueError:
+                    continue
+            else:
+                params[key] = value
+    return params
 
 
 def _print_layers(infos: list, *, with_shapes: bool) -> None:

@@ -23,7 +23,7 @@ from deepscope import plots
 from deepscope._progress import track
 from deepscope.store import RunReader, find_runs
 
-__all__ = ["build_report"]
+__all__ = ["Figure", "Section", "build_report", "write_page"]
 
 # Tag names written by deepscope.recorder.Recorder (duplicated as plain strings: the report must not import torch).
 _LOSS = "train/loss"
@@ -43,18 +43,22 @@ _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
 
 @dataclass(frozen=True)
-class _Figure:
+class Figure:
+    """An image (PNG/GIF) inlined in a page, with its caption and optional files offered beside the page."""
+
     path: Path
     caption: str
     downloads: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
-class _Section:
+class Section:
+    """One titled block of a page: paragraphs (escaped), an optional table (first row = header), figures."""
+
     anchor: str
     title: str
     paragraphs: tuple[str, ...]  # trusted static text written here, escaped anyway
-    figures: tuple[_Figure, ...] = ()
+    figures: tuple[Figure, ...] = ()
     table: tuple[tuple[str, ...], ...] = ()  # first row is the header
     notes: tuple[str, ...] = field(default=())
 
@@ -74,13 +78,13 @@ def build_report(
     run_dirs = find_runs(root)
     out_file = Path(out) if out is not None else root / "report.html"
     groups = _group_runs(root, run_dirs)
-    sections: list[_Section] = []
+    sections: list[Section] = []
     for group, dirs in track(groups.items(), "rendering report", total=len(groups)):
         fig_dir = out_file.parent / "figures" / group if len(groups) > 1 else out_file.parent / "figures"
         fig_dir.mkdir(parents=True, exist_ok=True)
         readers = [RunReader(d) for d in dirs]
         try:
-            group_sections: list[_Section] = []
+            group_sections: list[Section] = []
             for build in _SECTIONS:
                 result = build(readers, fig_dir)
                 group_sections.extend(result if isinstance(result, list) else [result] if result is not None else [])
@@ -93,11 +97,7 @@ def build_report(
                 for s in group_sections
             ]
         sections.extend(group_sections)
-    page = _render(title or f"deepscope report — {root.resolve().name}", sections, run_dirs, out_file.parent)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out_file)
+    write_page(out_file, title or f"deepscope report — {root.resolve().name}", sections, run_dirs)
     return out_file
 
 
@@ -120,7 +120,7 @@ def _group_runs(root: Path, run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
 # -- sections ---------------------------------------------------------------------------------------
 
 
-def _overview(readers: Sequence[RunReader], fig_dir: Path) -> _Section:
+def _overview(readers: Sequence[RunReader], fig_dir: Path) -> Section:
     rows: list[tuple[str, ...]] = [("run", "status", "steps", "final accuracy", "majority baseline", "configuration")]
     for reader in readers:
         info = reader.info
@@ -138,7 +138,7 @@ def _overview(readers: Sequence[RunReader], fig_dir: Path) -> _Section:
                 config,
             )
         )
-    return _Section(
+    return Section(
         "overview",
         "Runs",
         ("Each row is one recorded run. Accuracy is measured on the fixed probe set at the last snapshot.",),
@@ -146,7 +146,7 @@ def _overview(readers: Sequence[RunReader], fig_dir: Path) -> _Section:
     )
 
 
-def _task(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+def _task(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     reader = readers[0]
     if _INPUTS not in reader.tensor_tags():
         return None
@@ -160,7 +160,7 @@ def _task(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
     share = ", ".join(
         f"{name}: {n} ({n / counts.sum():.1%})" for name, n in zip(_class_names(reader), counts, strict=False)
     )
-    return _Section(
+    return Section(
         "task",
         "The task",
         (
@@ -169,11 +169,11 @@ def _task(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
             "An imbalanced task has a trap: a network that always answers the majority class is already "
             f"{counts.max() / counts.sum():.1%} accurate. Any accuracy must be read against that baseline.",
         ),
-        figures=(_Figure(png, "The probe set: the inputs every snapshot is computed on."),),
+        figures=(Figure(png, "The probe set: the inputs every snapshot is computed on."),),
     )
 
 
-def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     curves = []
     for reader in readers:
         if _ACCURACY not in reader.scalar_tags():
@@ -185,7 +185,7 @@ def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
         return None
     baseline = readers[0].meta().get(_META_BASELINE)
     png = plots.training_curves(curves, fig_dir / "accuracy.png", baseline=baseline, xlabel=_step_label(readers[0]))
-    return _Section(
+    return Section(
         "accuracy",
         "Accuracy against the majority baseline",
         (
@@ -196,11 +196,11 @@ def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
             "What to look for: when balanced accuracy leaves 50 %, the network starts to separate the minority "
             "class; runs that differ only by their seed can take very different paths.",
         ),
-        figures=(_Figure(png, "Probe-set accuracy (solid) and balanced accuracy (dashed) per training step."),),
+        figures=(Figure(png, "Probe-set accuracy (solid) and balanced accuracy (dashed) per training step."),),
     )
 
 
-def _loss(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+def _loss(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     curves = [
         (r.info.name, (s := r.scalars(_LOSS, max_points=2000)).steps, s.values)
         for r in readers
@@ -222,7 +222,7 @@ def _loss(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
         window=25,
         reference=reference,
     )
-    return _Section(
+    return Section(
         "loss",
         "Training loss",
         (
@@ -232,11 +232,11 @@ def _loss(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
             "cross-entropy loss): a run that stays near it has learnt nothing yet. A trend that stops falling "
             "while accuracy is still near the baseline points to a learning-rate or capacity problem.",
         ),
-        figures=(_Figure(png, "Training loss (mini-batch) per step."),),
+        figures=(Figure(png, "Training loss (mini-batch) per step."),),
     )
 
 
-def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[_Section]:
+def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
     layers = readers[0].meta().get(_META_LAYERS) or []
     sections = []
     for layer in layers:
@@ -276,20 +276,20 @@ def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[_Sectio
         if len(usable) > len(shown):
             paragraphs.append(f"Showing the first {len(shown)} of {len(usable)} runs.")
         sections.append(
-            _Section(
+            Section(
                 f"repr-{slug}",
                 f"Inside the network: layer “{layer}” during training",
                 tuple(paragraphs),
                 figures=(
-                    _Figure(_pick(by_correct, ".gif"), "Coloured by correctness.", _downloads(by_correct)),
-                    _Figure(_pick(by_class, ".gif"), "Coloured by true class.", _downloads(by_class)),
+                    Figure(_pick(by_correct, ".gif"), "Coloured by correctness.", _downloads(by_correct)),
+                    Figure(_pick(by_class, ".gif"), "Coloured by true class.", _downloads(by_class)),
                 ),
             )
         )
     return sections
 
 
-def _decision(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
+def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     usable = [r for r in readers if _GRID in r.tensor_tags() and _INPUTS in r.tensor_tags()][:_MAX_PANELS]
     if not usable:
         return None
@@ -317,7 +317,7 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
         fig_dir / "decision_snapshots.png",
         class_names=_class_names(first),
     )
-    return _Section(
+    return Section(
         "decision",
         "The decision boundary in input space",
         (
@@ -327,13 +327,13 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> _Section | None:
             "boundary never reaches the small disc is stuck below the accuracy it could reach.",
         ),
         figures=(
-            _Figure(_pick(paths, ".gif"), "Decision map over training, one panel per run.", _downloads(paths)),
-            _Figure(snapshots, "Snapshots at evenly spaced steps (rows: runs)."),
+            Figure(_pick(paths, ".gif"), "Decision map over training, one panel per run.", _downloads(paths)),
+            Figure(snapshots, "Snapshots at evenly spaced steps (rows: runs)."),
         ),
     )
 
 
-def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> _Section:
+def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> Section:
     rows: list[tuple[str, ...]] = [("run", "run id", "created (UTC)", "versions")]
     for reader in readers:
         info = reader.info
@@ -341,10 +341,10 @@ def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> _Section:
         versions = ", ".join(f"{k} {v}" for k, v in info.versions.items())
         rows.append((info.name, info.run_id, created, versions))
     configs = tuple(f"{r.info.name}: {json.dumps(r.info.config, sort_keys=True)}" for r in readers)
-    return _Section("provenance", "Provenance", ("What produced these runs.",), table=tuple(rows), notes=configs)
+    return Section("provenance", "Provenance", ("What produced these runs.",), table=tuple(rows), notes=configs)
 
 
-_SECTIONS: list[Callable[[Sequence[RunReader], Path], _Section | list[_Section] | None]] = [
+_SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | None]] = [
     _overview,
     _task,
     _accuracy,
@@ -450,7 +450,19 @@ def _data_uri(path: Path) -> str:
     return f"data:{_MIME[path.suffix]};base64,{data}"
 
 
-def _render(title: str, sections: Sequence[_Section], run_dirs: Sequence[Path], base: Path) -> str:
+def write_page(
+    out_file: str | os.PathLike[str], title: str, sections: Sequence[Section], run_dirs: Sequence[Path] = ()
+) -> Path:
+    """Render ``sections`` into one self-contained HTML file (images inlined, strings escaped), atomically."""
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(_render(title, sections, run_dirs, out.parent), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _render(title: str, sections: Sequence[Section], run_dirs: Sequence[Path], base: Path) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("deepscope", "templates"), autoescape=select_autoescape(default=True))
