@@ -15,7 +15,7 @@ import numpy as np
 
 from deepscope._media import _figure, _save_figure
 
-__all__ = ["MapRow", "attribution_grid", "overlay"]
+__all__ = ["MapRow", "attribution_grid", "map_strip_png", "overlay"]
 
 MAGNITUDE_CMAP = "inferno"
 SIGNED_CMAP = "RdBu_r"
@@ -121,3 +121,25 @@ def attribution_grid(
         ax.set_yticks([])
     fig.suptitle(title, fontsize=11)
     return _save_figure(fig, canvas, Path(out_png))
+
+
+def map_strip_png(maps: np.ndarray, *, signed: bool, title: str, max_images: int = 8, tile_px: int = 128) -> bytes:
+    """PNG bytes of up to ``max_images`` normalised maps in a row with a colour bar (for Jupyter display)."""
+    import io
+
+    maps = np.asarray(maps)[:max_images]
+    n = maps.shape[0]
+    fig, canvas = _figure(40 + n * tile_px + 60, tile_px + 50, layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    cmap, limits = (SIGNED_CMAP, (-1.0, 1.0)) if signed else (MAGNITUDE_CMAP, (0.0, 1.0))
+    artist = None
+    for i, ax in enumerate(axes):
+        artist = ax.imshow(maps[i], cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"sample {i}", fontsize=8)
+    fig.colorbar(artist, ax=axes.tolist(), fraction=0.03, pad=0.01).ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    canvas.print_png(buffer)
+    return buffer.getvalue()

@@ -96,6 +96,15 @@ class AttributionMap:
         )
         return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
+    def _repr_png_(self) -> bytes:
+        """Jupyter display: the normalised maps (signed maps on a diverging scale), up to 8 samples."""
+        from deepscope._attribution_plots import map_strip_png
+
+        signed = bool((self.maps < 0).any())
+        maps = self.normalized("signed" if signed else "abs").detach().cpu().numpy()
+        where = f" · layer {self.layer}" if self.layer else ""
+        return map_strip_png(maps, signed=signed, title=f"{self.method}{where} · target {self.target}")
+
     def __repr__(self) -> str:
         return (
             f"AttributionMap(method={self.method!r}, layer={self.layer!r}, maps={tuple(self.maps.shape)}, "
