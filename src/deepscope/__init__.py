@@ -24,6 +24,7 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 _EXPORTS = {
     "Recorder": "deepscope.recorder",
     "explain": "deepscope.attribution",
+    "compare": "deepscope.attribution",
     "AttributionMap": "deepscope.attribution",
     "ATTRIBUTIONS": "deepscope.attribution",
     "list_layers": "deepscope.layers",

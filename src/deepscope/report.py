@@ -38,6 +38,7 @@ _META_BASELINE = "probe/majority_baseline"
 _META_CLASSES = "probe/class_names"
 _META_LAYERS = "repr/layers"
 _META_EXTENT = "input/grid_extent"
+_ATTR = "attribution"  # tags written by deepscope.attribution.compare.Comparison.record
 _MAX_PANELS = 4  # runs shown side by side in one animation
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
@@ -333,6 +334,71 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     )
 
 
+def _attribution(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
+    sections = []
+    for reader in readers:
+        meta = reader.meta()
+        methods = meta.get(f"{_ATTR}/methods")
+        if not methods:
+            continue
+        images = reader.tensor(f"{_ATTR}/images", 0).astype(np.float32)
+        rows = []
+        for method in methods:
+            maps = reader.tensor(f"{_ATTR}/{method}/maps", 0).astype(np.float32)
+            notes = _attribution_notes(reader, method, maps.shape[0])
+            rows.append(plots.MapRow(method, maps, signed=bool(meta.get(f"{_ATTR}/{method}/signed")), notes=notes))
+        slug = _slug(reader.info.name)
+        png = plots.attribution_grid(
+            images, rows, fig_dir / f"attribution_{slug}.png", title=f"Attribution maps · {reader.info.name}"
+        )
+        table = meta.get(f"{_ATTR}/table") or []
+        columns = [
+            c
+            for c in ("method", "deletion_auc", "insertion_auc", "pointing_game", "energy_in_mask", "sanity", "seconds")
+            if any(row.get(c) is not None for row in table)
+        ]
+        cells = [tuple(columns)] + [tuple(_cell(row.get(c)) for c in columns) for row in table]
+        notes = meta.get(f"{_ATTR}/notes") or {}
+        sections.append(
+            Section(
+                f"attribution-{slug}",
+                f"Why did the model predict this? ({reader.info.name})",
+                (
+                    "Each row is one explanation method, each column one input; maps are scaled per image "
+                    "(magnitudes on inferno, signed maps blue < 0 < red).",
+                    "Which map to trust: deletion AUC (lower is better) measures how fast the class score falls "
+                    "when the map's top pixels are removed first; insertion AUC (higher is better) how fast it "
+                    "recovers when they are added to a blurred image; the pointing game counts the images whose "
+                    "map maximum falls on the object; the sanity check randomises the weights layer by layer from "
+                    "the top — a map that does not change is not explaining the model (Adebayo et al. 2018).",
+                    *(str(v) for v in notes.values()),
+                ),
+                figures=(Figure(png, "Attribution maps; under each map its per-image scores."),),
+                table=tuple(cells),
+            )
+        )
+    return sections
+
+
+def _attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
+    tags = set(reader.tensor_tags())
+    parts: list[list[str]] = [[] for _ in range(n)]
+    for metric, short in (("deletion_auc", "del"), ("insertion_auc", "ins")):
+        tag = f"{_ATTR}/{method}/{metric}"
+        if tag in tags:
+            for i, value in enumerate(reader.tensor(tag, 0)):
+                parts[i].append(f"{short} {value:.2f}")
+    tag = f"{_ATTR}/{method}/pointing_game"
+    if tag in tags:
+        for i, value in enumerate(reader.tensor(tag, 0)):
+            parts[i].append("hit" if value else "miss")
+    return [" · ".join(p) for p in parts]
+
+
+def _cell(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "—" if value is None else str(value)
+
+
 def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> Section:
     rows: list[tuple[str, ...]] = [("run", "run id", "created (UTC)", "versions")]
     for reader in readers:
@@ -351,6 +417,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     _loss,
     _representation,
     _decision,
+    _attribution,
     _provenance,
 ]
 

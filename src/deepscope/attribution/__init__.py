@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from deepscope.attribution import backprop_rules, cam, gradient, perturbation  # noqa: F401  (register methods)
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, explain
+from deepscope.attribution.compare import Comparison, compare
 from deepscope.attribution.result import AttributionMap
 
-__all__ = ["ATTRIBUTIONS", "Attribution", "AttributionMap", "explain"]
+__all__ = ["ATTRIBUTIONS", "Attribution", "AttributionMap", "Comparison", "compare", "explain"]
