@@ -17,7 +17,8 @@ from rich.console import Console
 from deepscope import __version__
 
 if TYPE_CHECKING:
-    from torch import nn
+    import numpy as np
+    from torch import Tensor, nn
 
     from deepscope.attribution import AttributionMap
 
@@ -126,36 +127,42 @@ def layers(
     _console().print(f"total parameters: {total:,} (trainable {trainable:,})")
 
 
+_ModelArg = Annotated[str, typer.Argument(help="torchvision:NAME, a TorchScript file, or package.module:factory.")]
+_ImagesArg = Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")]
+_TargetOpt = Annotated[int | None, typer.Option(help="Class index to explain (default: the predicted class).")]
+_LayerOpt = Annotated[str | None, typer.Option(help="Layer for CAM methods (default: the last spatial layer).")]
+_WeightsOpt = Annotated[Path | None, typer.Option(help="Checkpoint (state dict), read with weights_only=True.")]
+_TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow arbitrary pickled objects in --weights.")]
+_SizeOpt = Annotated[int, typer.Option(help="Images are resized and centre-cropped to SIZE×SIZE.")]
+_RawOpt = Annotated[
+    bool, typer.Option("--no-normalize", help="Feed [0, 1] pixels instead of ImageNet-normalised ones.")
+]
+
+
 @app.command()
 def explain(
-    model: Annotated[str, typer.Argument(help="torchvision:NAME, a TorchScript file, or package.module:factory.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    model: _ModelArg,
+    images: _ImagesArg,
     method: Annotated[str, typer.Option("--method", "-m", help="Attribution method (see the README).")] = "gradcam",
-    target: Annotated[int | None, typer.Option(help="Class index to explain (default: the predicted class).")] = None,
-    layer: Annotated[str | None, typer.Option(help="Layer for CAM methods (default: the last spatial layer).")] = None,
+    target: _TargetOpt = None,
+    layer: _LayerOpt = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Method parameter KEY=VALUE, e.g. -p n_steps=64.")
     ] = None,
-    weights: Annotated[Path | None, typer.Option(help="Checkpoint (state dict), read with weights_only=True.")] = None,
-    trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", help="Allow arbitrary pickled objects in --weights.")
-    ] = False,
-    size: Annotated[int, typer.Option(help="Images are resized and centre-cropped to SIZE×SIZE.")] = 224,
-    no_normalize: Annotated[
-        bool, typer.Option("--no-normalize", help="Feed [0, 1] pixels instead of ImageNet-normalised ones.")
-    ] = False,
+    weights: _WeightsOpt = None,
+    trust_checkpoint: _TrustOpt = False,
+    size: _SizeOpt = 224,
+    no_normalize: _RawOpt = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps, figure and page.")] = Path(
         "runs/explain"
     ),
 ) -> None:
     """Explain a model's prediction on image files: overlays, maps (.npz) and a self-contained HTML page."""
     from deepscope import plots
-    from deepscope._images import load_images
     from deepscope.attribution import explain as explain_maps
     from deepscope.report import Figure, Section, write_page
 
-    net = _load_cli_model(model, weights, trust_checkpoint)
-    batch, display = load_images(images, size=size, **({"mean": (0, 0, 0), "std": (1, 1, 1)} if no_normalize else {}))
+    net, batch, display = _prepare(model, images, weights, trust_checkpoint, size, no_normalize)
     result = explain_maps(net, batch, method, target=target, layer=layer, **_parse_params(param or []))
     signed = bool((result.maps < 0).any())
     maps = result.normalized("signed" if signed else "percentile").cpu().numpy()
@@ -172,6 +179,7 @@ def explain(
         title=f"{method} on {model}" + (f" · layer {result.layer}" if result.layer else ""),
     )
     saved = result.save(out / f"{method}.npz")
+    scale = "signed, blue < 0 < red" if signed else "|map| clipped at its 99th percentile"
     page = write_page(
         out / "explain.html",
         f"deepscope explain — {method}",
@@ -183,15 +191,75 @@ def explain(
                     f"Inputs: {', '.join(p.name for p in images)}. "
                     f"Target: {'the predicted class' if target is None else f'class {target}'}; "
                     f"layer: {result.layer or 'input'}; parameters: {result.params}.",
-                    "Maps are scaled per image ("
-                    + ("signed, blue < 0 < red" if signed else "|map| clipped at its 99th percentile")
-                    + ").",
+                    f"Maps are scaled per image ({scale}).",
                 ),
                 figures=(Figure(grid, f"{method} maps over the inputs.", (saved,)),),
             )
         ],
     )
     _console().print(f"maps: {saved.resolve()}\npage: {page.resolve()}")
+
+
+@app.command()
+def compare(
+    model: _ModelArg,
+    images: _ImagesArg,
+    methods: Annotated[
+        str, typer.Option("--methods", "-m", help="Comma-separated methods to compare.")
+    ] = "saliency,integrated_gradients,guided_backprop,gradcam,occlusion",
+    metrics: Annotated[
+        str, typer.Option(help="Comma-separated metrics: deletion, insertion, sanity.")
+    ] = "deletion,insertion",
+    target: _TargetOpt = None,
+    layer: _LayerOpt = None,
+    weights: _WeightsOpt = None,
+    trust_checkpoint: _TrustOpt = False,
+    size: _SizeOpt = 224,
+    no_normalize: _RawOpt = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run, figure and page.")] = Path(
+        "runs/compare"
+    ),
+) -> None:
+    """Compare attribution methods on image files and score which map to trust (deletion/insertion AUC, sanity)."""
+    from deepscope.attribution import compare as compare_methods
+    from deepscope.report import build_report
+
+    net, batch, display = _prepare(model, images, weights, trust_checkpoint, size, no_normalize)
+    comparison = compare_methods(
+        net,
+        batch,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+        target=target,
+        layer=layer,
+        display=_tensor(display),
+    )
+    run = comparison.record(out / "attribution", name=f"{model} on {len(images)} image(s)", overwrite=True)
+    page = build_report(out, title=f"deepscope compare — {model}")
+    for row in comparison.table():
+        _console().print("  ".join(f"{k}={_cell(v)}" for k, v in row.items()))
+    _console().print(f"run: {run.resolve()}\npage: {page.resolve()}")
+
+
+def _prepare(
+    spec: str, images: list[Path], weights: Path | None, trust: bool, size: int, raw: bool
+) -> tuple[nn.Module, Tensor, np.ndarray]:
+    """Load the model and the images (normalised batch + display copy) for explain/compare."""
+    from deepscope._images import load_images
+
+    net = _load_cli_model(spec, weights, trust)
+    batch, display = load_images(images, size=size, **({"mean": (0, 0, 0), "std": (1, 1, 1)} if raw else {}))
+    return net, batch, display
+
+
+def _tensor(array: np.ndarray) -> Tensor:
+    import torch
+
+    return torch.from_numpy(array)
+
+
+def _cell(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
 def _load_cli_model(spec: str, weights: Path | None, trust_checkpoint: bool) -> nn.Module:
