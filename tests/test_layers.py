@@ -3,10 +3,18 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import resnet18, vgg11
 
 from deepscope.errors import DeepscopeError, LayerNotFoundError
-from deepscope.layers import LayerInfo, layer_names, list_layers, model_device, resolve_layer, resolve_layers
+from deepscope.layers import (
+    LayerInfo,
+    guess_spatial_layer,
+    layer_names,
+    list_layers,
+    model_device,
+    resolve_layer,
+    resolve_layers,
+)
 
 
 class SharedReLU(nn.Module):
@@ -224,3 +232,15 @@ def test_list_layers_on_torchscript_modules(generator):
     with pytest.warns(UserWarning, match="1 TorchScript module"):
         shapes = {info.name: (info.type, info.output_shape) for info in list_layers(mixed, inputs)}
     assert shapes == {"0": ("Linear", (2, 3)), "1": ("Linear", None)}
+
+
+@pytest.mark.parametrize(
+    ("build", "size", "expected"),
+    [
+        (lambda: resnet18(weights=None), 64, "layer4"),  # 2x2 map: the end of the trunk
+        (lambda: resnet18(weights=None), 32, "layer3"),  # layer4 is 1x1 here: a larger map is preferred
+        (lambda: vgg11(weights=None), 64, "features"),  # not the adaptive pool that resizes for the head
+    ],
+)
+def test_guess_spatial_layer_picks_the_end_of_the_trunk(build, size, expected):
+    assert guess_spatial_layer(build(), torch.zeros(1, 3, size, size)) == expected

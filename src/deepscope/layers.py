@@ -295,5 +295,7 @@ def guess_spatial_layer(model: nn.Module, example_input: Any) -> str:
             "no layer of the model outputs a spatial map (N, C, H, W); pass layer= explicitly, with reshape= "
             "for token outputs such as a ViT's (N, 1 + H*W, C)"
         )
+    pooling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # a resize before the head, not a feature map
+    seen = [(name, shape) for name, shape in seen if not isinstance(model.get_submodule(name), pooling)] or seen
     spatial = [name for name, shape in seen if shape[2] * shape[3] > 1]
     return (spatial or [name for name, _ in seen])[-1]

@@ -11,5 +11,6 @@ from deepscope.attribution import backprop_rules, cam, gradient, perturbation  #
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, explain
 from deepscope.attribution.compare import Comparison, compare
 from deepscope.attribution.result import AttributionMap
+from deepscope.attribution.smoothgrad import smooth
 
-__all__ = ["ATTRIBUTIONS", "Attribution", "AttributionMap", "Comparison", "compare", "explain"]
+__all__ = ["ATTRIBUTIONS", "Attribution", "AttributionMap", "Comparison", "compare", "explain", "smooth"]

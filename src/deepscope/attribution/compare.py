@@ -9,6 +9,7 @@ HTML report.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from deepscope.attribution import metrics as _metrics
 from deepscope.attribution.base import explain
 from deepscope.attribution.result import AttributionMap
+from deepscope.attribution.sanity import sanity_check
 from deepscope.store import RunWriter, delete_run
 
 __all__ = ["METRICS", "Comparison", "compare"]
@@ -43,11 +45,11 @@ class MethodScores:
     seconds: float = 0.0  # wall time of the explanation itself
 
     def summary(self) -> dict[str, float | str | None]:
-        """Means over samples (and the sanity verdict), for tables."""
+        """Means over samples (and the sanity verdict), for tables; samples without a score (NaN) are skipped."""
         out: dict[str, float | str | None] = {}
         for name in ("deletion_auc", "insertion_auc", "pointing_game", "energy_in_mask"):
             value = getattr(self, name)
-            out[name] = None if value is None else float(value.float().mean())
+            out[name] = None if value is None else float(value.float().nanmean())
         out["sanity"] = None if self.sanity is None else ("pass" if self.sanity.passed else "fail")
         out["seconds"] = self.seconds
         return out
@@ -133,7 +135,9 @@ class Comparison:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "—" if value is None else str(value)
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return "—" if value is None else str(value)
 
 
 def _note(scores: MethodScores, i: int) -> str:
@@ -233,8 +237,9 @@ def _score(
         values["pointing_game"] = _metrics.pointing_game(maps, masks)
     if "energy_in_mask" in wanted and masks is not None:
         values["energy_in_mask"] = _metrics.energy_in_mask(maps, masks)
-    if "sanity" in wanted:
-        values["sanity"] = _metrics.sanity_check(
-            model, inputs, result.method, target=target, layer=layer, generator=generator, **method_params
+    if "sanity" in wanted:  # the check hands the method a fresh seeded generator at every step
+        own = {k: v for k, v in method_params.items() if k != "generator"}
+        values["sanity"] = sanity_check(
+            model, inputs, result.method, target=target, layer=layer, generator=generator, **own
         )
     return MethodScores(**values)
