@@ -15,6 +15,7 @@ LAYERS = {
     "errors": 0,
     "registry": 0,
     "_progress": 0,
+    "_format": 0,
     "store": 1,
     "_store_schema": 1,
     "_store_writer": 1,

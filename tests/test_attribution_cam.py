@@ -395,6 +395,28 @@ def test_fusion_is_the_elementwise_max_of_upsampled_layer_maps(tiny):
     assert coarse.maps.shape[-2:] == (16, 16)  # the finest layer's resolution (features.1 is not pooled)
 
 
+class InPlaceAfterEachLayer(nn.Module):
+    """Each explained convolution is followed by an in-place ReLU, like DenseNet after ``features``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu_(self.conv2(F.relu(self.conv1(x), inplace=True)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_fusion_keeps_each_layer_output_before_later_in_place_ops(generator):
+    torch.manual_seed(0)
+    model, inputs = InPlaceAfterEachLayer().eval(), torch.randn(2, 3, 8, 8, generator=generator)
+    single = [explain(model, inputs, "gradcam", target=1, layer=name).maps for name in ("conv1", "conv2")]
+    fused = explain(model, inputs, "gradcam", target=1, layer=["conv1", "conv2"])
+    torch.testing.assert_close(fused.maps, torch.maximum(*single))
+
+
 class TinyViT(nn.Module):
     """Patch embedding to tokens, an optional class token, a token-wise block and a mean-pooled head."""
 

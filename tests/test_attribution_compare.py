@@ -9,7 +9,7 @@ from deepscope.store import RunReader
 
 def test_compare_records_and_reports(tiny_cnn, generator, tmp_path):
     images = torch.rand(3, 3, 16, 16, generator=generator)
-    result = compare(tiny_cnn, images, methods=["saliency"], metrics=())
+    result = compare(tiny_cnn, images, methods=["saliency"], metrics=("deletion",), steps=4)
     rows = result.table()
     assert [row["method"] for row in rows] == ["saliency"] and rows[0]["seconds"] > 0
     assert result.figure(tmp_path / "grid.png").stat().st_size > 0

@@ -16,8 +16,8 @@ from torch import nn
 from torchvision import models
 
 from deepscope.attribution import ATTRIBUTIONS, explain
+from deepscope.attribution._filters import gaussian_blur
 from deepscope.attribution.gradient import quadrature
-from deepscope.attribution.perturbation import gaussian_blur
 from deepscope.attribution.smoothgrad import SmoothGrad, smooth
 
 captum_attr = pytest.importorskip("captum.attr")

@@ -175,7 +175,9 @@ def test_pointing_game_with_tolerance():
     maps[2, 25, 50] = 1  # 21 px right: a miss
     maps[3, 40, 40] = 1  # diagonal distance √(11² + 11²) ≈ 15.6 px: a miss
     maps[4] = 1  # flat: maxima everywhere, most of them far from the object
-    assert pointing_game(maps, masks).tolist() == [True, True, False, False, False]
+    assert pointing_game(maps, masks, tolerance=15).tolist() == [True, True, False, False, False]
+    # By default the paper's 15 px at 224 px scale to 64 px: 15 · 64 / 224 ≈ 4.3 px, so 10 px is a miss.
+    assert pointing_game(maps, masks).tolist() == [True, False, False, False, False]
     assert pointing_game(maps, masks, tolerance=0).tolist() == [True, False, False, False, False]
     assert pointing_game(maps, masks, tolerance=16).tolist() == [True, True, False, True, False]
     boxes = torch.tensor([[20, 20, 30, 30]]).expand(5, 4)

@@ -19,8 +19,22 @@ def test_normalisations_are_explicit_and_exact():
     assert torch.equal(result.normalized("none"), maps)
     clipped = result.normalized("percentile", percentile=50)
     assert clipped.max() == 1.0 and clipped[0, 0, 1] == 1.0  # the extreme pixel is clipped at the median
+    # median of |m| of sample 0 is 1.5: values divided by it, clipped to [-1, 1]
+    expected = torch.tensor([[1 / 1.5, -1.0], [1.0, 0.0]])
+    torch.testing.assert_close(result.normalized("signed", percentile=50)[0], expected)
+    assert torch.equal(result.normalized("minmax")[0], torch.tensor([[5 / 6, 0.0], [1.0, 4 / 6]]))
+    assert torch.equal(result.normalized("minmax")[1], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
     with pytest.raises(ValueError, match="unknown normalisation"):
-        result.normalized("minmax")
+        result.normalized("range")
+    with pytest.raises(ValueError, match="percentile must be"):
+        result.normalized("abs", percentile=0)
+
+
+def test_figures_show_signed_maps_clipped_and_others_min_max():
+    signed, is_signed = _result(torch.tensor([[[1.0, -4.0], [2.0, 0.0]]] * 2)).for_display()
+    assert is_signed and signed.min() == -1.0 and signed.max() <= 1.0
+    offset, is_signed = _result(torch.tensor([[[5.0, 6.0], [7.0, 5.0]]] * 2)).for_display()
+    assert not is_signed and torch.equal(offset[0], torch.tensor([[0.0, 0.5], [1.0, 0.0]]))
 
 
 def test_per_channel_maps_are_summed_for_display():

@@ -111,7 +111,9 @@ def test_no_arguments_prints_help(capsys):
     assert "Commands" in capsys.readouterr().out
 
 
-def test_explain_writes_maps_figure_and_page(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def two_images_and_a_cnn(tmp_path, monkeypatch):
+    """An importable model factory ``cnnmod:tiny`` and two PNG files, one with HTML in its name."""
     import numpy as np
     from PIL import Image
 
@@ -127,8 +129,24 @@ def test_explain_writes_maps_figure_and_page(tmp_path, capsys, monkeypatch):
     for name in ("a.png", "<b>.png"):
         paths.append(tmp_path / name)
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_explain_writes_maps_figure_and_page(tmp_path, two_images_and_a_cnn):
+    import numpy as np
+
     out = tmp_path / "out"
-    args = ["explain", "cnnmod:tiny", *map(str, paths), "-m", "saliency", "--size", "32", "--out", str(out)]
+    args = [
+        "explain",
+        "cnnmod:tiny",
+        *map(str, two_images_and_a_cnn),
+        "-m",
+        "saliency",
+        "--size",
+        "32",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--target", "2", "-p", "absolute=false"]) == 0
     assert {p.name for p in out.iterdir()} == {"saliency.png", "saliency.npz", "explain.html"}
     saved = np.load(out / "saliency.npz")
@@ -136,6 +154,23 @@ def test_explain_writes_maps_figure_and_page(tmp_path, capsys, monkeypatch):
     page = (out / "explain.html").read_text()
     assert "&lt;b&gt;.png" in page and "<b>.png" not in page  # file names are escaped
     assert "{&#39;absolute&#39;: False}" in page  # the parameters used, escaped
+
+
+def test_compare_records_a_run_and_writes_its_page(tmp_path, two_images_and_a_cnn, capsys):
+    from deepscope.store import RunReader
+
+    out = tmp_path / "cmp"
+    args = ["compare", "cnnmod:tiny", *map(str, two_images_and_a_cnn), "-m", "saliency,gradcam", "--size", "32"]
+    assert main([*args, "--metrics", "deletion,insertion,sanity", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "method=saliency" in printed and "method=gradcam" in printed and "sanity=" in printed
+    with RunReader(out / "attribution") as reader:
+        assert reader.meta()["attribution/methods"] == ["saliency", "gradcam"]
+        assert reader.tensor("attribution/gradcam/maps", 0).shape == (2, 32, 32)
+    page = (out / "report.html").read_text()
+    assert "deletion AUC (lower is better)" in page and "Sanity check" in page
+    assert main([*args, "--metrics", "accuracy", "--out", str(out)]) == 2
+    assert "unknown metric(s) ['accuracy']" in capsys.readouterr().err
 
 
 def test_explain_bad_parameter_is_one_line(tmp_path, capsys):

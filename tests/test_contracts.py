@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from torchvision import models
 
 from _model_state import assert_unchanged, fingerprint
-from deepscope.attribution import ATTRIBUTIONS, explain
+from deepscope.attribution import ATTRIBUTIONS, compare, explain
+from deepscope.attribution.metrics import deletion_curve, insertion_curve
+from deepscope.attribution.sanity import sanity_check
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet
 from deepscope.layers import list_layers, resolve_layers
@@ -223,9 +225,31 @@ def _explain_raises(model: nn.Module, inputs: Tensor) -> None:
         explain(model, inputs, "saliency", target=10**6)
 
 
+def _faithfulness(model: nn.Module, inputs: Tensor) -> None:
+    """Deletion and insertion curves, and compare() with its localisation scores; images only."""
+    maps = torch.rand(inputs.shape[0], *inputs.shape[2:], generator=torch.Generator().manual_seed(0))
+    if inputs.ndim != 4:
+        with pytest.raises(ValueError, match="images"):
+            deletion_curve(model, inputs, torch.rand_like(inputs))
+        return
+    deletion_curve(model, inputs, maps, steps=4)
+    insertion_curve(model, inputs, maps, steps=4, baseline="mean")
+    masks = torch.zeros(inputs.shape[0], *inputs.shape[2:], dtype=torch.bool)
+    masks[:, :8, :8] = True
+    compare(model, inputs, ["saliency"], ["deletion", "pointing_game"], masks=masks, steps=4)
+
+
+def _sanity_check(model: nn.Module, inputs: Tensor) -> None:
+    """The cascade randomises a deep copy; the user's model must come out untouched."""
+    check = sanity_check(model, inputs[:1], "saliency", similarity="spearman", generator=torch.Generator())
+    assert len(check.layers) >= 2
+
+
 MODEL_CALLS: dict[str, Callable[[nn.Module, Tensor], None]] = {
     **{f"explain:{name}": functools.partial(_explain, name) for name in ATTRIBUTIONS.names()},
     "explain_raises": _explain_raises,
+    "faithfulness": _faithfulness,
+    "sanity_check": _sanity_check,
     "recorder_records": _recorder_records,
     "recorder_raises_in_probe": _recorder_raises_in_probe,
     "list_layers": _list_layers,

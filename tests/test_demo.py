@@ -86,3 +86,25 @@ def test_bad_demo_settings_are_explained(tmp_path, overrides, message):
 def test_settings_need_a_named_demo(tmp_path):
     with pytest.raises(ValueError, match="name it"):
         run_demo("tour", tmp_path, quick=True, overrides={"lr": "0.1"})
+
+
+def test_shapes_demo_explains_every_method_with_scores(tmp_path):
+    from deepscope.attribution import ATTRIBUTIONS
+    from deepscope.datasets import shapes
+
+    result = run_demo("shapes", tmp_path, quick=True, overrides={"sanity": "true"})
+    assert [run.name for run in result.runs] == ["attribution", "sanity"]
+    with RunReader(tmp_path / "shapes" / "attribution") as reader:
+        meta = reader.meta()
+        assert meta["attribution/methods"] == ATTRIBUTIONS.names()
+        held_out = shapes(3, seed=10_000)
+        assert meta["attribution/captions"] == [held_out.class_names[int(k)] for k in held_out.labels]
+        rows = {row["method"]: row for row in meta["attribution/table"]}
+        assert all(0 <= rows[m]["deletion_auc"] <= 1 and 0 <= rows[m]["insertion_auc"] <= 1 for m in rows)
+        assert rows["gradcam"]["pointing_game"] == 1.0  # a trained CNN's Grad-CAM peaks on the shape
+    with RunReader(tmp_path / "shapes" / "sanity") as reader:
+        assert reader.meta()["attribution/gradcam/sanity"]["passed"] is True
+    figures = {p.name for p in (tmp_path / "shapes" / "figures").iterdir()}
+    assert {"attribution_shapes_CNN__every_method.png", "sanity_shapes_CNN__sanity_checks.png"} <= figures
+    page = result.report.read_text()
+    assert "Why did the model predict this? (shapes CNN: every method)" in page and "Sanity check" in page

@@ -244,3 +244,14 @@ def test_list_layers_on_torchscript_modules(generator):
 )
 def test_guess_spatial_layer_picks_the_end_of_the_trunk(build, size, expected):
     assert guess_spatial_layer(build(), torch.zeros(1, 3, size, size)) == expected
+
+
+def test_guess_spatial_layer_is_remembered_per_model_and_input_size():
+    model = resnet18(weights=None)
+    calls = []
+    model.layer1.register_forward_hook(lambda *_: calls.append(1))
+    assert guess_spatial_layer(model, torch.zeros(2, 3, 64, 64)) == "layer4"
+    assert guess_spatial_layer(model, torch.zeros(5, 3, 64, 64)) == "layer4" and len(calls) == 1  # batch size aside
+    assert guess_spatial_layer(model, torch.zeros(1, 3, 32, 32)) == "layer3" and len(calls) == 2  # new size
+    model.layer4 = nn.Sequential(model.layer4)  # a changed model is looked at again
+    assert guess_spatial_layer(model, torch.zeros(1, 3, 32, 32)) == "layer3" and len(calls) == 3

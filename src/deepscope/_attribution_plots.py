@@ -15,10 +15,11 @@ import numpy as np
 
 from deepscope._media import _figure, _save_figure
 
-__all__ = ["MapRow", "attribution_grid", "map_strip_png", "overlay"]
+__all__ = ["MapRow", "SanityCurve", "attribution_grid", "map_strip_png", "overlay", "sanity_curves"]
 
 MAGNITUDE_CMAP = "inferno"
 SIGNED_CMAP = "RdBu_r"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ def attribution_grid(
         title: figure title.
         tile_px: size of each tile in pixels.
     """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     rgb = _as_rgb(images)
     n = rgb.shape[0]
     if not rows:
@@ -104,22 +109,71 @@ def attribution_grid(
         ax.set_title(titles[j] if j < len(titles) else f"input {j}", fontsize=8)
     axes[0, 0].set_ylabel("input", fontsize=9)
     for i, row in enumerate(rows, start=1):
-        image_artist = None
+        cmap, limits = (SIGNED_CMAP, (-1.0, 1.0)) if row.signed else (MAGNITUDE_CMAP, (0.0, 1.0))
         for j in range(n):
             ax = axes[i, j]
-            ax.imshow(rgb[j].mean(axis=-1), cmap="gray", interpolation="nearest")
-            cmap, limits = (SIGNED_CMAP, (-1.0, 1.0)) if row.signed else (MAGNITUDE_CMAP, (0.0, 1.0))
-            image_artist = ax.imshow(row.maps[j], cmap=cmap, vmin=limits[0], vmax=limits[1], alpha=0.6)
+            ax.imshow(rgb[j].mean(axis=-1), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if row.signed:  # opacity follows |map|: where the map is 0 the image shows through, not white
+                colours = colormaps[SIGNED_CMAP](np.asarray(row.maps[j]) * 0.5 + 0.5)
+                colours[..., 3] = 0.9 * np.clip(np.abs(row.maps[j]), 0.0, 1.0)
+                ax.imshow(colours, interpolation="nearest")
+            else:
+                ax.imshow(row.maps[j], cmap=cmap, vmin=limits[0], vmax=limits[1], alpha=0.6, interpolation="nearest")
             if j < len(row.notes):
                 ax.set_xlabel(row.notes[j], fontsize=7)
         axes[i, 0].set_ylabel(row.label, fontsize=9)
-        bar = fig.colorbar(image_artist, ax=axes[i, :].tolist(), fraction=0.02, pad=0.01)
+        scale = ScalarMappable(Normalize(*limits), cmap)
+        bar = fig.colorbar(scale, ax=axes[i, :].tolist(), fraction=0.02, pad=0.01)
         bar.ax.tick_params(labelsize=7)
-        bar.set_label("signed, scaled" if row.signed else "|map|, scaled", fontsize=7)
+        bar.set_label("signed, scaled" if row.signed else "scaled to [0, 1]", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=11)
+    return _save_figure(fig, canvas, Path(out_png))
+
+
+@dataclass(frozen=True)
+class SanityCurve:
+    """One method's cascading-randomisation result, for :func:`sanity_curves`.
+
+    Attributes:
+        label: the method.
+        layers: the randomised layers, output side first.
+        similarity: ``(L,)`` mean similarity to the original map after each cascade step.
+        passed: the verdict.
+    """
+
+    label: str
+    layers: Sequence[str]
+    similarity: np.ndarray
+    passed: bool
+
+
+def sanity_curves(curves: Sequence[SanityCurve], out_png: Path, *, measure: str, threshold: float) -> Path:
+    """Similarity to the original map as layers are randomised from the top (Adebayo et al. 2018, Fig. 2).
+
+    One line per method, starting at 1 (the intact model); the dashed line is the verdict's threshold.
+    """
+    if not curves:
+        raise ValueError("sanity_curves needs at least one method")
+    fig, canvas = _figure(720, 420, layout="constrained")
+    ax = fig.subplots()
+    for i, curve in enumerate(curves):
+        values = np.concatenate([[1.0], np.asarray(curve.similarity, dtype=np.float64)])
+        verdict = "passes" if curve.passed else "fails"
+        ax.plot(range(len(values)), values, marker=MARKERS[i % len(MARKERS)], label=f"{curve.label} ({verdict})")
+    layers = list(curves[0].layers)
+    ax.set_xticks(range(len(layers) + 1), ["intact", *[f"+ {name}" for name in layers]], rotation=30, ha="right")
+    ax.axhline(threshold, color="0.4", linestyle="--", linewidth=1)
+    ax.text(0.02, threshold, f" threshold {threshold:g}", va="bottom", fontsize=8, color="0.3",
+            transform=ax.get_yaxis_transform())  # fmt: skip
+    ax.set_xlabel("layers randomised, from the output down")
+    ax.set_ylabel(f"{measure} similarity to the original map")
+    ax.set_ylim(min(-0.1, float(np.nanmin([np.nanmin(c.similarity) for c in curves])) - 0.05), 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("Sanity check: does the map depend on the model's weights?", fontsize=10)
     return _save_figure(fig, canvas, Path(out_png))
 
 

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from deepscope import __version__
+from deepscope._format import cell
 
 if TYPE_CHECKING:
     import numpy as np
@@ -164,8 +165,8 @@ def explain(
 
     net, batch, display = _prepare(model, images, weights, trust_checkpoint, size, no_normalize)
     result = explain_maps(net, batch, method, target=target, layer=layer, **_parse_params(param or []))
-    signed = bool((result.maps < 0).any())
-    maps = result.normalized("signed" if signed else "percentile").cpu().numpy()
+    maps, signed = result.for_display()
+    maps = maps.cpu().numpy()
     titles = [
         f"{p.name}\nclass {t} · score {s:.2f}"
         for p, t, s in zip(images, _targets(result), result.scores.tolist(), strict=True)
@@ -233,11 +234,12 @@ def compare(
         target=target,
         layer=layer,
         display=_tensor(display),
+        captions=[p.name for p in images],
     )
     run = comparison.record(out / "attribution", name=f"{model} on {len(images)} image(s)", overwrite=True)
     page = build_report(out, title=f"deepscope compare — {model}")
     for row in comparison.table():
-        _console().print("  ".join(f"{k}={_cell(v)}" for k, v in row.items()))
+        _console().print("  ".join(f"{k}={cell(v)}" for k, v in row.items()))
     _console().print(f"run: {run.resolve()}\npage: {page.resolve()}")
 
 
@@ -256,10 +258,6 @@ def _tensor(array: np.ndarray) -> Tensor:
     import torch
 
     return torch.from_numpy(array)
-
-
-def _cell(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
 def _load_cli_model(spec: str, weights: Path | None, trust_checkpoint: bool) -> nn.Module:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -267,12 +268,37 @@ def guess_spatial_layer(model: nn.Module, example_input: Any) -> str:
 
     The default layer of the CAM family: the end of the convolutional trunk (``layer4`` of a
     ResNet, ``features`` of a VGG). Layers with a larger-than-1×1 map are preferred; one no-grad
-    forward pass in eval mode finds them, and the model is left unchanged.
+    forward pass in eval mode finds them, and the model is left unchanged. The answer is
+    remembered for the model's current modules and the input's shape, so repeated calls with
+    same-sized inputs cost no extra forward pass.
 
     Raises:
         ValueError: no layer produces a 4-D output; pass ``layer=`` (and ``reshape=`` for tokens).
     """
     _check_model(model)
+    key = (_input_signature(example_input), tuple(map(id, model.modules())))
+    known = _GUESSES.setdefault(model, {})
+    if key not in known:
+        known.clear()  # one entry per model: a changed model or input size replaces it
+        known[key] = _find_spatial_layer(model, example_input)
+    return known[key]
+
+
+_GUESSES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
+
+
+def _input_signature(example_input: Any) -> Any:
+    """What of an example input decides the layer shapes: tensor shapes (batch size aside) and dtypes."""
+    if isinstance(example_input, Tensor):
+        return (tuple(example_input.shape[1:]), example_input.dtype)
+    if isinstance(example_input, (tuple, list)):
+        return tuple(_input_signature(x) for x in example_input)
+    if isinstance(example_input, Mapping):
+        return tuple(sorted((k, _input_signature(v)) for k, v in example_input.items()))
+    return repr(example_input)
+
+
+def _find_spatial_layer(model: nn.Module, example_input: Any) -> str:
     args, kwargs = _split_input(example_input, model_device(model))
     seen: list[tuple[str, tuple[int, ...]]] = []
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from deepscope._attribution_plots import MapRow, attribution_grid, overlay
+from deepscope._attribution_plots import MapRow, SanityCurve, attribution_grid, overlay, sanity_curves
 from deepscope._decision_plots import decision_animation, decision_snapshots
 from deepscope._media import (
     _FORMATS,
@@ -73,6 +73,7 @@ __all__ = [
     "CORRECT_COLOR",
     "WRONG_COLOR",
     "MapRow",
+    "SanityCurve",
     "ScatterSequence",
     "attribution_grid",
     "decision_animation",
@@ -80,6 +81,7 @@ __all__ = [
     "loss_curves",
     "overlay",
     "representation_animation",
+    "sanity_curves",
     "toy_task_figure",
     "training_curves",
     "zscore",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deepscope import plots
+from deepscope._format import cell
 from deepscope._progress import track
 from deepscope.store import RunReader, find_runs
 
@@ -122,18 +123,26 @@ def _group_runs(root: Path, run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
 
 
 def _overview(readers: Sequence[RunReader], fig_dir: Path) -> Section:
-    rows: list[tuple[str, ...]] = [("run", "status", "steps", "final accuracy", "majority baseline", "configuration")]
+    rows: list[tuple[str, ...]] = [
+        ("run", "status", "contents", "steps", "final accuracy", "majority baseline", "configuration")
+    ]
     for reader in readers:
-        info = reader.info
-        steps = reader.scalars(_LOSS).steps if _LOSS in reader.scalar_tags() else np.array([0])
-        accuracy = reader.scalars(_ACCURACY).values if _ACCURACY in reader.scalar_tags() else np.array([])
-        baseline = reader.meta().get(_META_BASELINE)
+        info, meta, scalar_tags = reader.info, reader.meta(), reader.scalar_tags()
+        trained = _LOSS in scalar_tags
+        steps = reader.scalars(_LOSS).steps if trained else np.array([])
+        accuracy = reader.scalars(_ACCURACY).values if _ACCURACY in scalar_tags else np.array([])
+        baseline = meta.get(_META_BASELINE)
+        methods = meta.get(f"{_ATTR}/methods") or []
+        contents = [
+            c for c in ("training" if trained else "", f"{len(methods)} attribution method(s)" * bool(methods)) if c
+        ]
         config = ", ".join(f"{k}={v}" for k, v in info.config.items() if not isinstance(v, (list, dict)))
         rows.append(
             (
                 info.name,
                 info.status,
-                str(int(steps.max())) if steps.size else "0",
+                ", ".join(contents) or "—",
+                str(int(steps.max())) if steps.size else "—",
                 f"{accuracy[-1]:.1%}" if accuracy.size else "—",
                 f"{baseline:.1%}" if isinstance(baseline, (int, float)) else "—",
                 config,
@@ -349,15 +358,23 @@ def _attribution(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
             rows.append(plots.MapRow(method, maps, signed=bool(meta.get(f"{_ATTR}/{method}/signed")), notes=notes))
         slug = _slug(reader.info.name)
         png = plots.attribution_grid(
-            images, rows, fig_dir / f"attribution_{slug}.png", title=f"Attribution maps · {reader.info.name}"
+            images,
+            rows,
+            fig_dir / f"attribution_{slug}.png",
+            titles=meta.get(f"{_ATTR}/captions") or (),
+            title=f"Attribution maps · {reader.info.name}",
         )
+        figures = [Figure(png, "Attribution maps; under each map its per-image scores.")]
+        sanity = _sanity_figure(reader, methods, fig_dir / f"sanity_{slug}.png")
+        if sanity is not None:
+            figures.append(sanity)
         table = meta.get(f"{_ATTR}/table") or []
         columns = [
             c
             for c in ("method", "deletion_auc", "insertion_auc", "pointing_game", "energy_in_mask", "sanity", "seconds")
             if any(row.get(c) is not None for row in table)
         ]
-        cells = [tuple(columns)] + [tuple(_cell(row.get(c)) for c in columns) for row in table]
+        cells = [tuple(columns)] + [tuple(cell(row.get(c)) for c in columns) for row in table]
         notes = meta.get(f"{_ATTR}/notes") or {}
         sections.append(
             Section(
@@ -365,19 +382,45 @@ def _attribution(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
                 f"Why did the model predict this? ({reader.info.name})",
                 (
                     "Each row is one explanation method, each column one input; maps are scaled per image "
-                    "(magnitudes on inferno, signed maps blue < 0 < red).",
-                    "Which map to trust: deletion AUC (lower is better) measures how fast the class score falls "
-                    "when the map's top pixels are removed first; insertion AUC (higher is better) how fast it "
-                    "recovers when they are added to a blurred image; the pointing game counts the images whose "
-                    "map maximum falls on the object; the sanity check randomises the weights layer by layer from "
-                    "the top — a map that does not change is not explaining the model (Adebayo et al. 2018).",
+                    "(non-negative maps min–max on inferno; signed maps blue < 0 < red, clipped at the 99th "
+                    "percentile of |map|, transparent where 0).",
+                    "Which map to trust: " + "; ".join(_METRIC_HELP[c] for c in columns if c in _METRIC_HELP) + ".",
                     *(str(v) for v in notes.values()),
                 ),
-                figures=(Figure(png, "Attribution maps; under each map its per-image scores."),),
+                figures=tuple(figures),
                 table=tuple(cells),
             )
         )
     return sections
+
+
+_METRIC_HELP = {
+    "deletion_auc": "deletion AUC (lower is better) measures how fast the class probability falls when the map's "
+    "top pixels are removed first",
+    "insertion_auc": "insertion AUC (higher is better) how fast it recovers when they are pasted onto a blurred image",
+    "pointing_game": "the pointing game is the share of images whose map maximum falls on the object",
+    "energy_in_mask": "energy-in-mask the share of positive attribution on the object",
+    "sanity": "the sanity check randomises the weights layer by layer from the output down — a map that does not "
+    "change is not explaining the model (Adebayo et al. 2018)",
+}
+
+
+def _sanity_figure(reader: RunReader, methods: Sequence[str], out_png: Path) -> Figure | None:
+    """Similarity-vs-randomised-layers curves of the methods that went through the sanity check."""
+    meta, tags = reader.meta(), set(reader.tensor_tags())
+    curves, setting = [], None
+    for method in methods:
+        check = meta.get(f"{_ATTR}/{method}/sanity")
+        tag = f"{_ATTR}/{method}/sanity/{check['measure']}" if check else None
+        if check is None or tag not in tags:
+            continue
+        setting = setting or check
+        similarity = np.nanmean(reader.tensor(tag, 0).astype(np.float64), axis=1)  # (L,) mean over images
+        curves.append(plots.SanityCurve(method, check["layers"], similarity, bool(check["passed"])))
+    if not curves or setting is None:
+        return None
+    path = plots.sanity_curves(curves, out_png, measure=setting["measure"], threshold=float(setting["threshold"]))
+    return Figure(path, "Sanity check (Adebayo et al. 2018): similarity of each map to the intact model's map.")
 
 
 def _attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
@@ -393,10 +436,6 @@ def _attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
         for i, value in enumerate(reader.tensor(tag, 0)):
             parts[i].append("hit" if value else "miss")
     return [" · ".join(p) for p in parts]
-
-
-def _cell(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "—" if value is None else str(value)
 
 
 def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> Section:

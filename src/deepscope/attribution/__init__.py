@@ -7,7 +7,8 @@ imported here.
 
 from __future__ import annotations
 
-from deepscope.attribution import backprop_rules, cam, gradient, perturbation  # noqa: F401  (register methods)
+# The family modules register their methods; this import order is the registry's, and every table's, order.
+from deepscope.attribution import gradient, smoothgrad, backprop_rules, cam, perturbation  # noqa: F401  # isort: skip
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, explain
 from deepscope.attribution.compare import Comparison, compare
 from deepscope.attribution.result import AttributionMap

@@ -101,7 +101,6 @@ def layer_acts_and_grads(
             to the activations and gradients returned.
     """
     captured: dict[int, Tensor] = {}
-    order: list[int] = []
 
     def make_hook(index: int) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
@@ -114,14 +113,10 @@ def layer_acts_and_grads(
                 )
             if not torch.is_grad_enabled():  # the first hooked layer: start recording here
                 torch.set_grad_enabled(True)
-                leaf = tensor.detach().requires_grad_(True)
-                captured[index] = leaf
-                order.append(index)
-                replacement = leaf.clone()  # later in-place ops (ReLU(inplace)) must not touch the leaf
-                return _replace_first_tensor(output, replacement)
+                tensor = tensor.detach().requires_grad_(True)
             captured[index] = tensor
-            order.append(index)
-            return None
+            # The model goes on with a copy: a later in-place op (ReLU(inplace=True)) must not touch what we keep.
+            return _replace_first_tensor(output, tensor.clone())
 
         return hook
 

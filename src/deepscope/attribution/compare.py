@@ -9,7 +9,6 @@ HTML report.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepscope._format import cell
 from deepscope.attribution import metrics as _metrics
 from deepscope.attribution.base import explain
 from deepscope.attribution.result import AttributionMap
@@ -63,6 +63,7 @@ class Comparison:
     results: dict[str, AttributionMap]
     scores: dict[str, MethodScores]
     display: Tensor | None = None  # (N, H, W, 3) images in [0, 1] for figures; default: the inputs min-max scaled
+    captions: tuple[str, ...] = ()  # one per input, above its column in figures (e.g. file name, true class)
     masks: Tensor | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -74,7 +75,7 @@ class Comparison:
         """Write the methods × images grid (maps scaled per image; signed maps on a diverging scale)."""
         from deepscope import plots
 
-        return plots.attribution_grid(self._display(), self._rows(), Path(out_png), title=title)
+        return plots.attribution_grid(self._display(), self._rows(), Path(out_png), titles=self.captions, title=title)
 
     def record(self, run_dir: str | os.PathLike[str], *, name: str = "attribution", overwrite: bool = False) -> Path:
         """Write the comparison into a run store, where ``deepscope report`` finds and renders it."""
@@ -84,15 +85,25 @@ class Comparison:
         with RunWriter(run, name=name, config={"methods": list(self.results)}) as writer:
             writer.add_tensor(f"{TAG}/images", 0, self._display())
             for method, result in self.results.items():
-                signed = bool((result.maps < 0).any())
-                maps = result.normalized("signed" if signed else "abs").cpu().numpy().astype("float16")
+                display, signed = result.for_display()
+                maps = display.cpu().numpy().astype("float16")
                 writer.add_tensor(f"{TAG}/{method}/maps", 0, maps)
                 writer.set_meta(f"{TAG}/{method}/signed", signed)
                 writer.set_meta(f"{TAG}/{method}/target", result.target)
                 for metric, value in vars(self.scores[method]).items():
                     if isinstance(value, Tensor):
                         writer.add_tensor(f"{TAG}/{method}/{metric}", 0, value.float().cpu().numpy())
+                check = self.scores[method].sanity
+                if check is not None:  # the cascade, for the report's similarity-vs-randomised-layers figure
+                    for measure, table in check.similarity.items():
+                        writer.add_tensor(f"{TAG}/{method}/sanity/{measure}", 0, table.float().cpu().numpy())
+                    writer.set_meta(
+                        f"{TAG}/{method}/sanity",
+                        {"layers": list(check.layers), "measure": check.measure, "threshold": check.threshold,
+                         "passed": check.passed},
+                    )  # fmt: skip
             writer.set_meta(f"{TAG}/methods", list(self.results))
+            writer.set_meta(f"{TAG}/captions", list(self.captions))
             writer.set_meta(f"{TAG}/table", self.table())
             writer.set_meta(f"{TAG}/notes", self.notes)
         return run
@@ -106,7 +117,7 @@ class Comparison:
         keys = list(rows[0]) if rows else []
         head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_fmt(row[k]))}</td>" for k in keys) + "</tr>" for row in rows
+            "<tr>" + "".join(f"<td>{html.escape(cell(row[k]))}</td>" for k in keys) + "</tr>" for row in rows
         )
         with tempfile.TemporaryDirectory() as tmp:
             png = self.figure(Path(tmp) / "grid.png").read_bytes()
@@ -126,18 +137,10 @@ class Comparison:
 
         rows = []
         for method, result in self.results.items():
-            signed = bool((result.maps < 0).any())
-            scores = self.scores[method]
-            notes = [_note(scores, i) for i in range(result.maps.shape[0])]
-            maps = result.normalized("signed" if signed else "abs").cpu().numpy()
-            rows.append(plots.MapRow(method, maps, signed=signed, notes=notes))
+            maps, signed = result.for_display()
+            notes = [_note(self.scores[method], i) for i in range(result.maps.shape[0])]
+            rows.append(plots.MapRow(method, maps.cpu().numpy(), signed=signed, notes=notes))
         return rows
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.3f}"
-    return "—" if value is None else str(value)
 
 
 def _note(scores: MethodScores, i: int) -> str:
@@ -163,6 +166,8 @@ def compare(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     generator: torch.Generator | None = None,
     display: Tensor | None = None,
+    captions: Sequence[str] = (),
+    steps: int = 50,
 ) -> Comparison:
     """Run ``methods`` on the same ``inputs`` and score every map with ``metrics``.
 
@@ -179,6 +184,8 @@ def compare(
         params: per-method parameters, e.g. ``{"integrated_gradients": {"n_steps": 64}}``.
         generator: for the stochastic methods and the sanity check's re-initialisation.
         display: ``(N, H, W, 3)`` images in [0, 1] to draw under the maps (default: the inputs rescaled).
+        captions: one caption per input for figures (file names, true classes…).
+        steps: points of the deletion and insertion curves (see :func:`~deepscope.attribution.metrics.deletion_curve`).
     """
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
@@ -197,8 +204,14 @@ def compare(
         result = explain(model, inputs, method, target=target, layer=method_layer, **method_params)
         seconds = time.perf_counter() - start
         results[method] = result
-        scores[method] = _score(model, inputs, result, metrics, masks, method_layer, method_params, generator, seconds)
-    return Comparison(inputs=inputs.detach(), results=results, scores=scores, display=display, masks=masks)
+        scores[method] = _score(
+            model, inputs, result, metrics, masks, method_layer, method_params, generator, seconds, steps
+        )
+    if captions and len(captions) != inputs.shape[0]:
+        raise ValueError(f"captions must give one caption per input ({inputs.shape[0]}), got {len(captions)}")
+    return Comparison(
+        inputs=inputs.detach(), results=results, scores=scores, display=display, masks=masks, captions=tuple(captions)
+    )
 
 
 def _parameters(method: str) -> set[str]:
@@ -225,14 +238,15 @@ def _score(
     method_params: dict[str, Any],
     generator: torch.Generator | None,
     seconds: float,
+    steps: int,
 ) -> MethodScores:
     maps = result.spatial()
     target = result.target if isinstance(result.target, list) else None
     values: dict[str, Any] = {"seconds": seconds}
     if "deletion" in wanted:
-        values["deletion_auc"] = _metrics.deletion_curve(model, inputs, maps, target=target).auc
+        values["deletion_auc"] = _metrics.deletion_curve(model, inputs, maps, target=target, steps=steps).auc
     if "insertion" in wanted:
-        values["insertion_auc"] = _metrics.insertion_curve(model, inputs, maps, target=target).auc
+        values["insertion_auc"] = _metrics.insertion_curve(model, inputs, maps, target=target, steps=steps).auc
     if "pointing_game" in wanted and masks is not None:
         values["pointing_game"] = _metrics.pointing_game(maps, masks)
     if "energy_in_mask" in wanted and masks is not None:

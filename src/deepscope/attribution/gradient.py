@@ -30,8 +30,8 @@ from deepscope.attribution._copies import (
     per_sample,
     value_range,
 )
+from deepscope.attribution._filters import gaussian_blur
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, Context, MethodOutput
-from deepscope.attribution.perturbation import gaussian_blur
 
 __all__ = ["InputXGradient", "IntegratedGradients", "Saliency", "quadrature"]
 

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepscope.attribution._autograd import forward_scores
+from deepscope.attribution._filters import gaussian_blur
 from deepscope.attribution.base import check_inputs
-from deepscope.attribution.perturbation import FixedClassScores, ScoreKind, check_images, fill_tensor, gaussian_blur
+from deepscope.attribution.perturbation import FixedClassScores, ScoreKind, check_images, fill_tensor
 from deepscope.attribution.result import AttributionMap
 from deepscope.guard import preserved
 from deepscope.targets import as_target
@@ -336,25 +337,29 @@ def _region(masks: Tensor | None, boxes: Any, saliency: Tensor) -> Tensor:
     return region.to(saliency.device)
 
 
-def pointing_game(maps: MapsLike, masks: Tensor | None = None, *, boxes: Any = None, tolerance: float = 15.0) -> Tensor:
+def pointing_game(
+    maps: MapsLike, masks: Tensor | None = None, *, boxes: Any = None, tolerance: float | None = None
+) -> Tensor:
     """Pointing game (Zhang et al. 2016): does the map's maximum fall on the object?
 
     A hit when every pixel where the map reaches its maximum lies within ``tolerance`` pixels
     (Euclidean) of the object region, i.e. inside the region dilated by a disc of that radius
-    (the paper: 15 px). Requiring every maximum keeps flat maps from scoring by luck. An empty
-    region is a miss.
+    (the paper: 15 px on 224 px images; by default scaled to the maps, ``15 · min(H, W) / 224``).
+    Requiring every maximum keeps flat maps from scoring by luck. An empty region is a miss.
 
     Args:
         maps: ``(N, H, W)``, ``(N, C, H, W)`` (summed over channels) or an :class:`AttributionMap`.
         masks: ``(N, H, W)`` object masks (bool, or numbers where ``> 0.5`` is inside).
         boxes: instead of masks, ``(N, 4)`` or ``(N, K, 4)`` boxes (see :func:`boxes_to_masks`).
-        tolerance: radius in pixels.
+        tolerance: radius in pixels (default: 15 px at 224 px, scaled to the maps' size).
 
     Returns:
         ``(N,)`` bool hits; the accuracy is ``hits.float().mean()``.
     """
     saliency = _spatial(maps)
     region = _region(masks, boxes, saliency)
+    if tolerance is None:
+        tolerance = 15.0 * min(saliency.shape[1:]) / 224
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
     r = math.floor(tolerance)

@@ -32,7 +32,7 @@ from deepscope.hooks import HookSet, first_tensor
 from deepscope.layers import LayerSpec, resolve_layer
 from deepscope.targets import ClassTarget, PredictedClass, Target
 
-__all__ = ["RISE", "FixedClassScores", "Occlusion", "ScoreKind", "gaussian_blur", "rise_masks"]
+__all__ = ["RISE", "FixedClassScores", "Occlusion", "ScoreKind", "rise_masks"]
 
 ScoreKind = Literal["logit", "probability"]
 """What a perturbed copy is scored by: the class logit or its softmax probability."""
@@ -102,24 +102,6 @@ class FixedClassScores:
     def target_for(self, source: Tensor) -> Target:
         """A :data:`Target` for a perturbed batch whose rows come from the images ``source`` ``(B,)``."""
         return lambda output: self.scores(output, source)
-
-
-def gaussian_blur(images: Tensor, sigma: float, *, kernel_size: int | None = None) -> Tensor:
-    """Blur ``(N, C, H, W)`` images with a Gaussian of std ``sigma`` pixels (separable, edges replicated).
-
-    Replicate padding keeps the borders free of the darkening that zero padding causes. The
-    kernel spans ``kernel_size`` pixels (odd; default ``2·⌈3σ⌉ + 1``); ``sigma <= 0`` returns a copy.
-    """
-    if sigma <= 0:
-        return images.clone()
-    radius = max(1, math.ceil(3 * sigma)) if kernel_size is None else kernel_size // 2
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()  # (k,)
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)  # along W
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)  # along H
 
 
 def check_images(inputs: Tensor, what: str) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 __all__ = ["AttributionMap", "Normalization"]
 
-Normalization = Literal["abs", "signed", "percentile", "none"]
+Normalization = Literal["abs", "signed", "minmax", "percentile", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,32 +46,46 @@ class AttributionMap:
         """One ``(N, H, W)`` map per input: per-channel maps are summed over channels (signed)."""
         return self.maps.sum(dim=1) if self.maps.ndim == 4 else self.maps
 
-    def normalized(self, mode: Normalization = "abs", *, percentile: float = 99.0) -> Tensor:
+    def normalized(self, mode: Normalization = "abs", *, percentile: float | None = None) -> Tensor:
         """``(N, H, W)`` maps scaled per sample for display; the choice is explicit, never implied.
 
         Modes:
             ``"abs"``: |m| / max |m| in [0, 1] (magnitude, sign ignored).
             ``"signed"``: m / max |m| in [-1, 1] (for a diverging colour map centred on 0).
-            ``"percentile"``: |m| clipped at its ``percentile``-th value, then scaled to [0, 1]
-            (robust to a few extreme pixels, as in SmoothGrad's figures).
+            ``"minmax"``: (m − min) / (max − min) in [0, 1] (for maps with a large offset, as RISE's).
+            ``"percentile"``: ``"abs"`` with ``percentile=99`` unless given.
             ``"none"``: the raw spatial maps.
+
+        With ``percentile``, ``"abs"`` and ``"signed"`` divide by that percentile of |m| instead of
+        its maximum and clip, so a few extreme pixels do not wash out the rest (SmoothGrad's figures).
         """
         maps = self.spatial()
-        flat = maps.flatten(1)  # (N, H*W)
         if mode == "none":
             return maps
-        if mode == "signed":
-            scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
-            return maps / scale[:, None, None]
-        if mode == "abs":
-            scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
-            return maps.abs() / scale[:, None, None]
         if mode == "percentile":
-            if not 0 < percentile <= 100:
-                raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-            top = torch.quantile(flat.abs(), percentile / 100, dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
-            return (maps.abs() / top[:, None, None]).clamp(max=1.0)
-        raise ValueError(f"unknown normalisation {mode!r}; valid: 'abs', 'signed', 'percentile', 'none'")
+            mode, percentile = "abs", 99.0 if percentile is None else percentile
+        if mode not in ("abs", "signed", "minmax"):
+            raise ValueError(f"unknown normalisation {mode!r}; valid: 'abs', 'signed', 'minmax', 'percentile', 'none'")
+        if percentile is not None and not 0 < percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        tiny = torch.finfo(maps.dtype).tiny
+        flat = maps.flatten(1)  # (N, H*W)
+        if mode == "minmax":
+            low, high = flat.amin(dim=1), flat.amax(dim=1)
+            return (maps - low[:, None, None]) / (high - low).clamp_min(tiny)[:, None, None]
+        magnitude = flat.abs()
+        scale = magnitude.amax(dim=1) if percentile is None else torch.quantile(magnitude, percentile / 100, dim=1)
+        scaled = maps / scale.clamp_min(tiny)[:, None, None]
+        return scaled.clamp(-1.0, 1.0) if mode == "signed" else scaled.abs().clamp(max=1.0)
+
+    def for_display(self) -> tuple[Tensor, bool]:
+        """The maps every deepscope figure draws, and whether they are signed.
+
+        Maps with negative values: ``normalized("signed", percentile=99)`` on a diverging scale;
+        non-negative maps: ``normalized("minmax")`` (RISE's maps sit on a large offset).
+        """
+        signed = bool((self.maps < 0).any())
+        return (self.normalized("signed", percentile=99.0) if signed else self.normalized("minmax")), signed
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write maps, scores and provenance to a ``.npz`` file readable without torch."""
@@ -100,8 +114,8 @@ class AttributionMap:
         """Jupyter display: the normalised maps (signed maps on a diverging scale), up to 8 samples."""
         from deepscope._attribution_plots import map_strip_png
 
-        signed = bool((self.maps < 0).any())
-        maps = self.normalized("signed" if signed else "abs").detach().cpu().numpy()
+        maps, signed = self.for_display()
+        maps = maps.detach().cpu().numpy()
         where = f" · layer {self.layer}" if self.layer else ""
         return map_strip_png(maps, signed=signed, title=f"{self.method}{where} · target {self.target}")
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepscope.demos import toy2d
+from deepscope.demos import shapes, toy2d
 from deepscope.registry import DEMOS
 
-__all__ = ["TOUR", "DemoResult", "run_demo", "toy2d"]
+__all__ = ["TOUR", "DemoResult", "run_demo", "shapes", "toy2d"]
 
 TOUR = "tour"  # every registered demo, one report
 

@@ -6,8 +6,10 @@ truth; deletion and insertion AUC and the sanity check say which maps follow the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +22,6 @@ from deepscope.registry import DEMOS
 
 __all__ = ["ShapesDemoConfig", "record"]
 
-from dataclasses import dataclass
-
 
 @dataclass(frozen=True)
 class ShapesDemoConfig:
@@ -30,6 +30,7 @@ class ShapesDemoConfig:
     n_images: int = 6
     seed: int = 0
     sanity: bool = True  # cascading randomisation for a few methods (Adebayo et al. 2018)
+    curve_steps: int = 32  # points of the deletion and insertion curves
 
 
 # Cheap but faithful settings for the tour; users get the papers' defaults from explain().
@@ -38,9 +39,19 @@ _PARAMS = {
     "smoothgrad": {"n_samples": 16},
     "scorecam": {"batch_size": 64},
     "occlusion": {"window": 8, "stride": 4},
-    "rise": {"n_masks": 500},
+    "rise": {"n_masks": 256, "batch_size": 128},
 }
 _SANITY_METHODS = ("saliency", "guided_backprop", "gradcam")
+_DATA_NOTE = (
+    "Held-out synthetic shapes (deepscope.datasets.shapes) explained for their true class by a 3-block CNN trained "
+    "on them in seconds; the object masks are exact, so the pointing game and energy-in-mask have ground truth. "
+    "The insertion canvas is the blurred image, the deletion baseline 0."
+)
+_SANITY_NOTE = (
+    "On this 3-block network guided backprop also decorrelates once the convolutions are randomised; on deep "
+    "ImageNet CNNs Adebayo et al. found that it barely changes. Run ds.attribution.sanity.sanity_check on your own "
+    "model: the verdict depends on the architecture."
+)
 
 
 @DEMOS.register("shapes")
@@ -55,7 +66,7 @@ def record(
     clear_runs(out)
     model, _ = train_shapes_cnn(seed=config.seed)
     held_out = shapes(config.n_images, seed=10_000 + config.seed)
-    methods = [m for m in ATTRIBUTIONS.names() if m != "cam" or _has_gap_head(model)]
+    methods = ATTRIBUTIONS.names()  # the shapes CNN ends in global average pooling + linear: CAM applies too
     generator = torch.Generator().manual_seed(config.seed)
     comparison = compare(
         model,
@@ -66,7 +77,10 @@ def record(
         masks=held_out.masks,
         params=_PARAMS,
         generator=generator,
+        captions=[held_out.class_names[int(k)] for k in held_out.labels],
+        steps=config.curve_steps,
     )
+    comparison = dataclasses.replace(comparison, notes={"data": _DATA_NOTE})
     runs = [comparison.record(out / "attribution", name="shapes CNN: every method", overwrite=True)]
     if config.sanity:
         sane = compare(
@@ -77,9 +91,6 @@ def record(
             target=held_out.labels[:2].tolist(),
             generator=generator,
         )
+        sane = dataclasses.replace(sane, notes={"sanity": _SANITY_NOTE})
         runs.append(sane.record(out / "sanity", name="shapes CNN: sanity checks", overwrite=True))
     return tuple(runs)
-
-
-def _has_gap_head(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in model.modules())
