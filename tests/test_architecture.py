@@ -103,3 +103,11 @@ def test_torch_free_modules(module):
 def test_package_import_is_lazy():
     code = "import sys, deepscope; assert 'torch' not in sys.modules; assert deepscope.__version__"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_public_name_resolves():
+    import deepscope
+
+    missing = [name for name in deepscope.__all__ if getattr(deepscope, name, None) is None]
+    assert not missing, f"names in deepscope.__all__ that do not resolve: {missing}"
+    assert deepscope.attribution.smooth is deepscope.smooth and callable(deepscope.datasets.shapes)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from _zoo import randomize_batchnorm, slim_vgg11_bn
 from deepscope.attribution import explain
 from deepscope.attribution.backprop_rules import RULES, relu_rules
 
@@ -25,25 +26,6 @@ captum_attr = pytest.importorskip("captum.attr")
 KINDS = {"guided_backprop": "GuidedBackprop", "deconvnet": "Deconvolution"}
 IMAGE = (2, 3, 64, 64)
 TARGET = [3, 7]
-
-
-def _randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode BN is not the identity."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                c = module.num_features
-                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
-    return model
-
-
-def _slim_vgg(model: nn.Module) -> nn.Module:
-    model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier = nn.Sequential(nn.Linear(512, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 10))
-    return model
 
 
 class _DenseNetModuleReLU(nn.Module):
@@ -62,7 +44,7 @@ class _DenseNetModuleReLU(nn.Module):
 
 BUILDERS = {
     "resnet18": lambda: models.resnet18(weights=None),
-    "vgg11_bn": lambda: _slim_vgg(models.vgg11_bn(weights=None)),
+    "vgg11_bn": lambda: slim_vgg11_bn(),
     "mobilenet_v3_small": lambda: models.mobilenet_v3_small(weights=None),
     "densenet121": lambda: _DenseNetModuleReLU(models.densenet121(weights=None)),
 }
@@ -74,7 +56,7 @@ def zoo() -> dict[str, nn.Module]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for name, build in BUILDERS.items():
-            built[name] = _randomize_batchnorm(build(), torch.Generator().manual_seed(1)).eval()
+            built[name] = randomize_batchnorm(build(), torch.Generator().manual_seed(1)).eval()
     return built
 
 

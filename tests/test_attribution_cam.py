@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
 
+from _zoo import slim_vgg11_bn
 from deepscope.attribution import ATTRIBUTIONS, explain
 
 PX = 96
@@ -35,17 +36,10 @@ N = 2
 # --------------------------------------------------------------------------- models
 
 
-def _slim_vgg() -> nn.Module:
-    model = models.vgg11_bn(weights=None)
-    model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier = nn.Sequential(nn.Linear(512, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 10))
-    return model
-
-
 # name -> (builder, layer compared)
 ARCHS = {
     "resnet18": (lambda: models.resnet18(weights=None), "layer4"),
-    "vgg11_bn": (_slim_vgg, "features"),
+    "vgg11_bn": (slim_vgg11_bn, "features"),
     "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(weights=None), "features"),
     "densenet121": (lambda: models.densenet121(weights=None), "features.denseblock4"),
 }

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from _zoo import randomize_batchnorm, slim_vgg11_bn
 from deepscope.attribution import ATTRIBUTIONS, explain
 from deepscope.attribution._filters import gaussian_blur
 from deepscope.attribution.gradient import quadrature
@@ -27,31 +28,12 @@ CAPTUM_RULES = {rule: rule for rule in RULES} | {"gauss_legendre": "gausslegendr
 TARGET = [3, 7]
 
 
-def _randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so that the network is not homogeneous along the IG path."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                c = module.num_features
-                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
-    return model
-
-
-def _slim_vgg(model: nn.Module) -> nn.Module:
-    model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier = nn.Sequential(nn.Linear(512, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 10))
-    return model
-
-
 @pytest.fixture(scope="module")
 def zoo() -> dict[str, nn.Module]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        built = {"resnet18": models.resnet18(weights=None), "vgg11_bn": _slim_vgg(models.vgg11_bn(weights=None))}
-    return {name: _randomize_batchnorm(model, torch.Generator().manual_seed(1)).eval() for name, model in built.items()}
+        built = {"resnet18": models.resnet18(weights=None), "vgg11_bn": slim_vgg11_bn()}
+    return {name: randomize_batchnorm(model, torch.Generator().manual_seed(1)).eval() for name, model in built.items()}
 
 
 @pytest.fixture(scope="module")

@@ -64,3 +64,19 @@ def test_explain_records_provenance(tiny_cnn, tiny_images):
     with torch.no_grad():
         expected = tiny_cnn.eval()(tiny_images)[[0, 1], [3, 4]]
     torch.testing.assert_close(result.scores, expected)
+
+
+def test_overlay_blends_the_display_maps_onto_the_images(generator):
+    images = torch.rand(2, 3, 4, 4, generator=generator)
+    maps = torch.zeros(2, 4, 4)
+    maps[:, 0, 0] = -1.0
+    maps[:, 3, 3] = 2.0
+    rgb = _result(maps).overlay(images, alpha=0.5)
+    assert rgb.shape == (2, 4, 4, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    shown = images.permute(0, 2, 3, 1).numpy()
+    low, high = shown.min(axis=(1, 2, 3), keepdims=True), shown.max(axis=(1, 2, 3), keepdims=True)
+    shown = (shown - low) / (high - low)
+    np.testing.assert_allclose(rgb[:, 1, 1], shown[:, 1, 1], atol=1e-6)  # a zero of a signed map: the image itself
+    assert not np.allclose(rgb[:, 3, 3], shown[:, 3, 3])
+    with pytest.raises(ValueError, match="3 images for 2 maps"):
+        _result(maps).overlay(torch.rand(3, 3, 4, 4))

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 from _model_state import assert_unchanged, fingerprint
+from _zoo import slim_vgg11_bn
 from deepscope.attribution import ATTRIBUTIONS, compare, explain
 from deepscope.attribution.metrics import deletion_curve, insertion_curve
 from deepscope.attribution.sanity import sanity_check
@@ -37,25 +38,10 @@ from deepscope.recorder import Recorder
 _IMAGE = (2, 3, 32, 32)
 
 
-def _slim_vgg(model: nn.Module) -> nn.Module:
-    """VGG's 123M-parameter head costs seconds per copy and adds nothing: keep its layout, shrink its widths."""
-    model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier = nn.Sequential(
-        nn.Linear(512, 64),
-        nn.ReLU(True),
-        nn.Dropout(),
-        nn.Linear(64, 64),
-        nn.ReLU(True),
-        nn.Dropout(),
-        nn.Linear(64, 10),
-    )
-    return model
-
-
 # name -> (builder or the name of a conftest builder, input shape)
 ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module] | str, tuple[int, ...]]] = {
     "resnet18": (lambda: models.resnet18(weights=None), _IMAGE),
-    "vgg11_bn": (lambda: _slim_vgg(models.vgg11_bn(weights=None)), _IMAGE),
+    "vgg11_bn": (slim_vgg11_bn, _IMAGE),
     "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(weights=None), _IMAGE),
     "densenet121": (lambda: models.densenet121(weights=None), _IMAGE),
     "demo_mlp": ("demo_mlp", (8, 2)),

@@ -27,6 +27,7 @@ _EXPORTS = {
     "compare": "deepscope.attribution",
     "AttributionMap": "deepscope.attribution",
     "ATTRIBUTIONS": "deepscope.attribution",
+    "smooth": "deepscope.attribution",
     "list_layers": "deepscope.layers",
     "resolve_layer": "deepscope.layers",
     "LayerInfo": "deepscope.layers",
@@ -39,12 +40,17 @@ _EXPORTS = {
     "LayerNotFoundError": "deepscope.errors",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+# sub-packages reachable as attributes, e.g. ``ds.attribution.smooth``, ``ds.datasets.shapes``
+_SUBMODULES = ("attribution", "datasets", "demos", "plots", "report", "store")
+
+__all__ = ["__version__", *sorted(_EXPORTS), *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"deepscope.{name}")
     raise AttributeError(f"module 'deepscope' has no attribute {name!r}")
 
 

@@ -56,15 +56,22 @@ def _as_rgb(images: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, *, signed: bool = False, alpha: float = 0.5) -> np.ndarray:
-    """Blend a normalised map onto an RGB image; returns ``(H, W, 3)`` floats in [0, 1]."""
+    """Blend a normalised map onto an RGB image; returns ``(H, W, 3)`` floats in [0, 1].
+
+    Magnitude maps (in [0, 1]) blend with ``alpha``; signed maps (in [-1, 1]) with ``alpha · |map|``.
+    """
     from matplotlib import colormaps
 
     rgb = _as_rgb(np.asarray(image)[None])[0]
     heat = np.asarray(heat, dtype=np.float64)
     if heat.shape != rgb.shape[:2]:
         raise ValueError(f"map of shape {heat.shape} does not match the image's {rgb.shape[:2]}")
-    colours = colormaps[SIGNED_CMAP](heat * 0.5 + 0.5)[..., :3] if signed else colormaps[MAGNITUDE_CMAP](heat)[..., :3]
-    return (1 - alpha) * rgb + alpha * colours
+    if signed:  # opacity follows |map|: where the map is 0 the image is left as it is
+        colours = colormaps[SIGNED_CMAP](heat * 0.5 + 0.5)[..., :3]
+        weight = alpha * np.clip(np.abs(heat), 0.0, 1.0)[..., None]
+    else:
+        colours, weight = colormaps[MAGNITUDE_CMAP](heat)[..., :3], np.full((*heat.shape, 1), alpha)
+    return (1 - weight) * rgb + weight * colours
 
 
 def attribution_grid(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -109,6 +110,21 @@ class AttributionMap:
             meta=np.array(json.dumps(meta)),
         )
         return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+    def overlay(self, images: Any, *, alpha: float = 0.5) -> np.ndarray:
+        """The maps of :meth:`for_display` blended onto ``images``: ``(N, H, W, 3)`` floats in [0, 1].
+
+        ``images`` are the inputs, ``(N, C, H, W)`` tensors or ``(N, H, W, 3)`` arrays, shown min–max
+        scaled per image; write one with ``imageio.v3.imwrite(path, (rgb * 255).astype("uint8"))``.
+        """
+        from deepscope._attribution_plots import overlay
+
+        pictures = images.detach().float().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
+        maps, signed = self.for_display()
+        heat = maps.detach().cpu().numpy()
+        if len(pictures) != len(heat):
+            raise ValueError(f"got {len(pictures)} images for {len(heat)} maps; pass the explained inputs")
+        return np.stack([overlay(p, h, signed=signed, alpha=alpha) for p, h in zip(pictures, heat, strict=True)])
 
     def _repr_png_(self) -> bytes:
         """Jupyter display: the normalised maps (signed maps on a diverging scale), up to 8 samples."""
