@@ -89,6 +89,9 @@ def test_demo_quick_via_cli(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "report:" in out and (tmp_path / "report.html").exists()  # the tour: one report for every demo
+    page = (tmp_path / "report.html").read_text()
+    toy, shapes = page.index("toy2d · The task"), page.index("shapes · Why did the model predict this?")
+    assert toy < shapes  # the demos appear in the order they ran
 
 
 @pytest.mark.parametrize(

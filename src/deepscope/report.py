@@ -104,7 +104,7 @@ def build_report(
 
 
 def _group_runs(root: Path, run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
-    """Runs grouped by the folder that holds them (an experiment); one group when ``root`` is a run or a flat folder."""
+    """Runs grouped by their folder (an experiment), earliest first; one group for a run or a flat folder."""
     groups: dict[str, list[Path]] = {}
     for run in run_dirs:
         parent = run.parent.resolve()
@@ -116,7 +116,12 @@ def _group_runs(root: Path, run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
         groups.setdefault(key, []).append(run)
     if len(groups) == 1:
         return {root.resolve().name: next(iter(groups.values()))}
-    return groups
+    return dict(sorted(groups.items(), key=lambda item: min(map(_created, item[1]))))  # a tour reads in run order
+
+
+def _created(run: Path) -> float:
+    with RunReader(run) as reader:
+        return reader.info.created
 
 
 # -- sections ---------------------------------------------------------------------------------------

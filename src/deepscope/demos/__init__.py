@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepscope.demos import shapes, toy2d
+# Registration order is the tour order: the training-dynamics demo first, then explanations.
+from deepscope.demos import toy2d, shapes  # isort: skip
 from deepscope.registry import DEMOS
 
 __all__ = ["TOUR", "DemoResult", "run_demo", "shapes", "toy2d"]
