@@ -159,3 +159,18 @@ def test_sanity_check_resolves_layers_given_as_modules(tiny_cnn, generator):
     x = torch.randn(2, 3, 16, 16, generator=generator)
     check = sanity_check(tiny_cnn, x, "gradcam", layer=tiny_cnn.features[4], generator=generator)
     assert check.similarity["spearman"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rise_coverage_pattern_fails_the_check_unless_normalised_away(trained_cnn, seed):
+    """The paper's RISE estimate carries the masks' coverage pattern, the same for every model."""
+    model, x = trained_cnn
+
+    def final(**params):
+        check = sanity_check(
+            model, x, "rise", n_masks=128, similarity="spearman", generator=torch.Generator(), **params
+        )
+        return check.final
+
+    paper, coverage = final(), final(normalize="coverage")
+    assert paper > 0.5 and coverage < 0.5 and paper - coverage > 0.3

@@ -380,7 +380,10 @@ class RISE(Attribution):
     ``normalize="coverage"`` divides by each pixel's empirical coverage ``Σ_i M_i(u)`` instead of
     its expectation ``n_masks · p``: both estimate ``E[f_c(x ⊙ M) | M(u) = 1]`` (the paper's
     Eq. 5), the ratio estimator with less variance; it is exactly flat for a model that ignores
-    its input, while the paper's estimate is flat only up to sampling noise.
+    its input, while the paper's estimate is flat only up to sampling noise. That noise is the
+    masks' coverage pattern, the same for every model: with a few hundred masks it can dominate
+    the ranking of the pixels, and the paper's RISE then fails the sanity check (Spearman ≈ 0.74
+    after randomising the shapes CNN, 256 masks) where ``"coverage"`` passes (≈ 0.04).
 
     Masked images are ``b + (x − b) ⊙ M_i`` with ``b = baseline`` (the paper: ``0``). Following
     the paper, ``f_c`` is the softmax probability of the class (``score="probability"``);
