@@ -29,6 +29,7 @@ LAYERS = {
     "attribution": 2,
     "datasets": 1,
     "recorder": 3,
+    "health": 3,
     "plots": 4,
     "_media": 4,
     "_plot_style": 4,

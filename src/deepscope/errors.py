@@ -65,10 +65,17 @@ class LayerNotFoundError(DeepscopeError, KeyError):
 
     def __init__(self, name: str, valid: Iterable[str]) -> None:
         self.name = name
-        self.suggestions = close_matches(name, [v for v in valid if v])
-        hint = ", ".join(repr(s) for s in self.suggestions) or "(the model has no named sub-modules)"
+        names = [v for v in valid if v]
+        self.suggestions = close_matches(name, names)
+        if self.suggestions:
+            hint = "Closest valid names: " + ", ".join(repr(s) for s in self.suggestions)
+        elif names:  # nothing close: show where to start
+            more = f" and {len(names) - _LIST_ALL_UP_TO} more" if len(names) > _LIST_ALL_UP_TO else ""
+            hint = "Valid names: " + ", ".join(repr(s) for s in names[:_LIST_ALL_UP_TO]) + more
+        else:
+            hint = "The model has no named sub-modules"
         super().__init__(
-            f"no layer named {name!r} in the model. Closest valid names: {hint}. "
+            f"no layer named {name!r} in the model. {hint}. "
             "Run `deepscope layers MODEL` or `deepscope.list_layers(model)` to see them all."
         )
 

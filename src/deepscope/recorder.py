@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.guard import preserved
+from deepscope.health import STATISTICS, LayerHealth, select_layers
 from deepscope.hooks import HookSet
 from deepscope.layers import model_device, resolve_layers
 from deepscope.repro import library_versions
@@ -51,6 +52,10 @@ class TAGS:
     PROJECTION = "repr/projection"
     GRID_EXTENT = "input/grid_extent"
     EVERY = "recorder/every"
+    HEALTH = "health/values"  # (statistics, layers) table per recorded step
+    HEALTH_LAYERS = "health/layers"
+    HEALTH_STATISTICS = "health/statistics"
+    HEALTH_NONFINITE = "health/first_nonfinite_step"
 
 
 _SCALAR_FLUSH_STEPS = 50  # step scalars wait on the device for at most this many steps
@@ -87,6 +92,10 @@ class Recorder:
             which the model's class-1 probability is also stored (0 disables it).
         overwrite: replace a run already recorded in ``run_dir``. Without it an existing run is an
             error: appending a second training from step 0 would mix two runs' curves.
+        health: per-layer statistics of the training step itself, every ``every`` steps (see
+            :mod:`deepscope.health`): ``True`` for every leaf module with parameters and every
+            activation module, layer names or modules, ``"re:<pattern>"`` on layer names, or
+            ``False``. Hooks are registered only for the measured steps.
 
     Example:
         >>> with Recorder(model, "runs/exp1", probe=(x_val, y_val), layers=["fc1"], every=10) as rec:  # doctest: +SKIP
@@ -111,6 +120,7 @@ class Recorder:
         max_dims: int = 512,
         decision_grid: int = 60,
         overwrite: bool = False,
+        health: bool | str | nn.Module | Sequence[str | nn.Module] = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -140,6 +150,8 @@ class Recorder:
         self._grid: Tensor | None = None
         self._last_time = 0.0
         self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []
+        self._health = LayerHealth(model, select_layers(model, health)) if health is not False else None
+        self._nonfinite_seen = False
 
     # -- context management -------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -169,8 +181,12 @@ class Recorder:
             self._writer.set_meta(TAGS.CLASS_NAMES, self.class_names)
         if self.probe is not None:
             self._write_probe_constants(self._writer, *self.probe)
+        if self._health is not None:
+            self._writer.set_meta(TAGS.HEALTH_LAYERS, self._health.layers)
+            self._writer.set_meta(TAGS.HEALTH_STATISTICS, list(STATISTICS))
         self._last_time = time.perf_counter()
         self.snapshot()
+        self._arm_if_due()
 
     def close(self, *, failed: bool = False) -> None:
         """Snapshot the final step (on success), flush every pending row and close the store."""
@@ -178,6 +194,8 @@ class Recorder:
         if writer is None:
             return
         status = "failed" if failed else "finished"
+        if self._health is not None:
+            self._health.disarm()
         try:
             self._flush_scalars()
             if not failed and self._last_snapshot != self.global_step:
@@ -209,10 +227,27 @@ class Recorder:
         self.global_step += 1
         self._pending.append((self.global_step, time.time(), values))
         snapshot_due = self.global_step % self.every == 0
+        if snapshot_due and self._health is not None and self._health.armed:
+            self._write_health()
         if snapshot_due or len(self._pending) >= _SCALAR_FLUSH_STEPS:
             self._flush_scalars()
         if snapshot_due:
             self.snapshot()
+        self._arm_if_due()
+
+    def _arm_if_due(self) -> None:
+        """Arm the layer-health hooks when the next training step is a recorded one."""
+        if self._health is not None and (self.global_step + 1) % self.every == 0:
+            self._health.arm()
+
+    def _write_health(self) -> None:
+        assert self._health is not None
+        table = self._health.read(self.global_step)
+        writer = self._require_open()
+        writer.add_tensor(TAGS.HEALTH, table.step, table.values.numpy())
+        if table.nonfinite and not self._nonfinite_seen:
+            self._nonfinite_seen = True  # a diverging run: flag where it broke, keep recording
+            writer.set_meta(TAGS.HEALTH_NONFINITE, table.step)
 
     def _flush_scalars(self) -> None:
         """Move pending step scalars to the host in one transfer and hand them to the writer."""

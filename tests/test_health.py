@@ -1,0 +1,125 @@
+"""Per-layer health statistics: exact values on a hand-checked step, hooks only while armed, divergence flagged."""
+
+import pytest
+import torch
+from torch import nn
+
+from deepscope.errors import LayerNotFoundError
+from deepscope.health import STATISTICS, default_health_layers
+from deepscope.recorder import TAGS, Recorder
+from deepscope.store import RunReader
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.Sigmoid())
+
+
+def _train(model, rec, steps, x, y, lr=0.1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        rec.step(loss=loss)
+
+
+def _stat(reader, step, name, layer):
+    table = reader.tensor(TAGS.HEALTH, step)
+    layers = reader.meta()[TAGS.HEALTH_LAYERS]
+    return float(table[STATISTICS.index(name), layers.index(layer)])
+
+
+def test_statistics_of_the_measured_step_are_exact(tmp_path, generator):
+    model = _net()
+    x, y = torch.randn(8, 4, generator=generator), torch.rand(8, 3, generator=generator)
+    reference = _net()  # same seed: the same weights, trained by hand below
+    with Recorder(model, tmp_path, every=2) as rec:
+        _train(model, rec, 2, x, y)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    _train_one = lambda: nn.functional.mse_loss(reference(x), y)  # noqa: E731
+    loss = _train_one()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()  # step 1 is not measured
+    acts = {}
+    hooks = [reference[i].register_forward_hook(lambda m, a, o, i=i: acts.__setitem__(i, o.detach())) for i in (1, 3)]
+    loss = _train_one()
+    for h in hooks:
+        h.remove()
+    optimizer.zero_grad()
+    loss.backward()
+    before = [p.detach().clone() for p in reference[2].parameters()]
+    optimizer.step()
+    with RunReader(tmp_path) as reader:
+        assert reader.meta()[TAGS.HEALTH_LAYERS] == ["0", "1", "2", "3"]
+        assert [int(s) for s in reader.tensor_steps(TAGS.HEALTH)] == [2]
+        relu = acts[1]
+        assert _stat(reader, 2, "act_mean", "1") == pytest.approx(float(relu.mean()), rel=1e-5)
+        assert _stat(reader, 2, "act_std", "1") == pytest.approx(float(relu.std()), rel=1e-5)
+        assert _stat(reader, 2, "act_zero", "1") == pytest.approx(float((relu == 0).float().mean()))
+        assert _stat(reader, 2, "dead_channels", "1") == pytest.approx(float((relu == 0).all(0).float().mean()))
+        sigmoid = acts[3]
+        expected = ((sigmoid <= 0.01) | (sigmoid >= 0.99)).float().mean()
+        assert _stat(reader, 2, "saturation", "3") == pytest.approx(float(expected))
+        assert torch.isnan(torch.tensor(_stat(reader, 2, "saturation", "1")))  # ReLU is unbounded
+        params = list(reference[2].parameters())
+        grad = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params]))
+        assert _stat(reader, 2, "grad_norm", "2") == pytest.approx(float(grad), rel=1e-5)
+        weight = torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in params]))
+        assert _stat(reader, 2, "weight_norm", "2") == pytest.approx(float(weight), rel=1e-5)
+        old = torch.linalg.vector_norm(torch.cat([b.flatten() for b in before]))
+        assert _stat(reader, 2, "update_ratio", "2") == pytest.approx(float(0.1 * grad / old), rel=1e-4)  # plain SGD
+        assert torch.isnan(torch.tensor(_stat(reader, 2, "grad_norm", "1")))  # a ReLU owns no parameters
+        assert TAGS.HEALTH_NONFINITE not in reader.meta()
+
+
+def test_hooks_exist_only_while_a_measured_step_runs(tmp_path, generator):
+    model = _net()
+    x, y = torch.randn(8, 4, generator=generator), torch.rand(8, 3, generator=generator)
+    armed = []
+    with Recorder(model, tmp_path, every=3) as rec:
+        for _ in range(6):
+            armed.append(any(len(m._forward_hooks) for m in model.modules()))
+            _train(model, rec, 1, x, y)
+    assert armed == [False, False, True, False, False, True]  # steps 3 and 6 are measured
+    assert not any(len(m._forward_hooks) for m in model.modules())
+    with RunReader(tmp_path) as reader:
+        assert [int(s) for s in reader.tensor_steps(TAGS.HEALTH)] == [3, 6]
+
+
+def test_hooks_are_removed_when_training_raises(tmp_path, generator):
+    model = _net()
+    with pytest.raises(RuntimeError, match="boom"), Recorder(model, tmp_path, every=1):
+        raise RuntimeError("boom")
+    assert not any(len(m._forward_hooks) for m in model.modules())
+
+
+def test_divergence_is_recorded_and_flagged(tmp_path, generator):
+    model = _net()
+    x, y = torch.randn(8, 4, generator=generator), torch.rand(8, 3, generator=generator)
+    with Recorder(model, tmp_path, every=1) as rec:
+        _train(model, rec, 2, x, y)
+        with torch.no_grad():
+            model[0].weight[0, 0] = float("inf")
+        _train(model, rec, 2, x, y)
+    with RunReader(tmp_path) as reader:
+        assert reader.meta()[TAGS.HEALTH_NONFINITE] == 3
+        assert not torch.isfinite(torch.tensor(_stat(reader, 3, "weight_norm", "0")))
+
+
+def test_layer_selection(tmp_path):
+    model = _net()
+    assert default_health_layers(model) == ["0", "1", "2", "3"]
+    for spec, expected in [("re:^[02]$", ["0", "2"]), (["2", model[3]], ["2", "3"])]:
+        with Recorder(model, tmp_path / str(len(expected)) / spec[0], health=spec) as rec:
+            assert rec._health.layers == expected
+    with Recorder(model, tmp_path / "off", health=False):
+        pass
+    with RunReader(tmp_path / "off") as reader:
+        assert TAGS.HEALTH not in reader.tensor_tags()
+    with pytest.raises(LayerNotFoundError, match="Valid names: '0', '1', '2', '3'"):
+        Recorder(model, tmp_path / "bad", health=["lin0"])
+    with pytest.raises(ValueError, match="no layer name matches"):
+        Recorder(model, tmp_path / "bad", health="re:conv")
