@@ -35,6 +35,7 @@ LAYERS = {
     "_plot_style": 4,
     "_decision_plots": 4,
     "_attribution_plots": 4,
+    "_health_plots": 4,
     "report": 4,
     "demos": 5,
     "cli": 5,

@@ -29,6 +29,8 @@ def test_quick_demo_writes_runs_figures_and_report(quick_demo):
         "decision.gif",
         "decision.mp4",
         "decision_snapshots.png",
+        "health_seed_0.png",
+        "gradient_flow.png",
     ):
         assert (figures / name).stat().st_size > 0, name
     # 2 epochs of 100 steps, a snapshot every 20 steps: frames at 0, 20, ..., 200
@@ -37,6 +39,8 @@ def test_quick_demo_writes_runs_figures_and_report(quick_demo):
     with RunReader(quick_demo.runs[0]) as reader:
         assert reader.tensor_steps("repr/bottleneck").tolist() == list(range(0, 201, 20))
         assert reader.meta()["probe/majority_baseline"] == pytest.approx(0.843)
+        assert reader.tensor_steps("health/values").tolist() == list(range(20, 201, 20))  # the measured steps
+    assert "Layer health during training" in quick_demo.report.read_text()
 
 
 def test_report_is_self_contained(quick_demo):

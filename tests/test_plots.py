@@ -302,3 +302,20 @@ def test_class_encodings_stay_distinct_up_to_64_classes():
     pairs = {(class_color(k), class_marker(k)) for k in range(MAX_CLASSES)}
     assert MAX_CLASSES == 64 and len(pairs) == 64
     assert len({class_color(k) for k in range(8)}) == 8 and len({class_marker(k) for k in range(8)}) == 8
+
+
+def test_health_heatmaps_mark_infinite_values_and_gradient_flow(tmp_path):
+    steps = np.array([10, 20, 30])
+    values = np.array([[1e-3, 1e-2, np.inf], [1e-4, 0.0, 1e-4]])
+    panels = [
+        plots.HealthPanel("gradient norm", ["conv1", "fc"], values, log=True),
+        plots.HealthPanel("dead channels (share)", ["relu"], np.array([[0.0, 0.5, np.nan]]), limits=(0.0, 1.0)),
+    ]
+    png = plots.health_heatmaps(steps, panels, tmp_path / "health.png", title="health")
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
+    assert red.sum() > 10  # the infinite value is marked with a red cross
+    with pytest.raises(ValueError, match="values"):
+        plots.health_heatmaps(steps, [plots.HealthPanel("x", ["a"], np.zeros((1, 2)))], tmp_path / "bad.png", title="")
+    flow = plots.gradient_flow([("run", ["conv1", "fc"], steps, np.abs(values[:, :3]) + 1e-6)], tmp_path / "flow.png")
+    assert Image.open(flow).size[0] > 400

@@ -37,6 +37,7 @@ import numpy as np
 
 from deepscope._attribution_plots import MapRow, SanityCurve, attribution_grid, overlay, sanity_curves
 from deepscope._decision_plots import decision_animation, decision_snapshots
+from deepscope._health_plots import HealthPanel, gradient_flow, health_heatmaps
 from deepscope._media import (
     _FORMATS,
     _animate,
@@ -72,12 +73,15 @@ __all__ = [
     "CLASS_MARKERS",
     "CORRECT_COLOR",
     "WRONG_COLOR",
+    "HealthPanel",
     "MapRow",
     "SanityCurve",
     "ScatterSequence",
     "attribution_grid",
     "decision_animation",
     "decision_snapshots",
+    "gradient_flow",
+    "health_heatmaps",
     "loss_curves",
     "overlay",
     "representation_animation",

@@ -39,6 +39,10 @@ _META_BASELINE = "probe/majority_baseline"
 _META_CLASSES = "probe/class_names"
 _META_LAYERS = "repr/layers"
 _META_EXTENT = "input/grid_extent"
+_HEALTH = "health/values"
+_META_HEALTH_LAYERS = "health/layers"
+_META_HEALTH_STATISTICS = "health/statistics"
+_META_HEALTH_NONFINITE = "health/first_nonfinite_step"
 _ATTR = "attribution"  # tags written by deepscope.attribution.compare.Comparison.record
 _MAX_PANELS = 4  # runs shown side by side in one animation
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
@@ -348,6 +352,60 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     )
 
 
+# statistic -> (panel title, log scale, fixed limits)
+_HEALTH_PANELS = {
+    "act_std": ("activation std", True, None),
+    "dead_channels": ("dead channels (share)", False, (0.0, 1.0)),
+    "grad_norm": ("gradient norm", True, None),
+    "update_ratio": ("update / weight ratio", True, None),
+}
+
+
+def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
+    usable = [r for r in readers if _HEALTH in r.tensor_tags()]
+    if not usable:
+        return None
+    figures, flows, notes = [], [], []
+    for reader in usable:
+        meta = reader.meta()
+        layers, statistics = list(meta[_META_HEALTH_LAYERS]), list(meta[_META_HEALTH_STATISTICS])
+        steps = reader.tensor_steps(_HEALTH)
+        table = np.stack([reader.tensor(_HEALTH, int(step)) for step in steps], axis=-1)  # (S, L, T)
+        panels = []
+        for statistic, (title, log, limits) in _HEALTH_PANELS.items():
+            values = table[statistics.index(statistic)]  # (L, T)
+            rows = [j for j in range(len(layers)) if not np.isnan(values[j]).all()]
+            if rows:
+                panels.append(plots.HealthPanel(title, [layers[j] for j in rows], values[rows], log, limits))
+        slug = _slug(reader.info.name)
+        png = plots.health_heatmaps(
+            steps, panels, fig_dir / f"health_{slug}.png", title=f"Layer health · {reader.info.name}"
+        )
+        figures.append(Figure(png, f"Per-layer statistics of the training step, {reader.info.name}."))
+        grads = table[statistics.index("grad_norm")]
+        rows = [j for j in range(len(layers)) if not np.isnan(grads[j]).all()]
+        if rows:
+            flows.append((reader.info.name, [layers[j] for j in rows], steps, grads[rows]))
+        if _META_HEALTH_NONFINITE in meta:
+            notes.append(f"{reader.info.name}: non-finite values from step {meta[_META_HEALTH_NONFINITE]} on.")
+    if flows:
+        flow = plots.gradient_flow(flows[:_MAX_PANELS], fig_dir / "gradient_flow.png")
+        figures.append(Figure(flow, "Gradient norm of each layer's parameters, input side on the left."))
+    return Section(
+        "health",
+        "Layer health during training",
+        (
+            "Measured on the training step itself, every few steps, for every layer with parameters and every "
+            "activation module (rows, input side on top). How to read it: a dead-channel share that grows means "
+            "ReLU units that never fire again; gradient norms that fall by orders of magnitude towards the input "
+            "mean vanishing gradients (the early layers stop learning), rising ones exploding gradients; an "
+            "update/weight ratio far below 1e-3 is a layer that barely moves, far above it one that is unstable.",
+            *notes,
+        ),
+        figures=tuple(figures),
+    )
+
+
 def _attribution(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
     sections = []
     for reader in readers:
@@ -461,6 +519,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     _loss,
     _representation,
     _decision,
+    _health,
     _attribution,
     _provenance,
 ]
