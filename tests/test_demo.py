@@ -112,3 +112,24 @@ def test_shapes_demo_explains_every_method_with_scores(tmp_path):
     assert {"attribution_shapes_CNN__every_method.png", "sanity_shapes_CNN__sanity_checks.png"} <= figures
     page = result.report.read_text()
     assert "Why did the model predict this? (shapes CNN: every method)" in page and "Sanity check" in page
+
+
+def test_digits_demo_shows_vanishing_gradients_next_to_a_healthy_cnn(tmp_path):
+    result = run_demo("digits", tmp_path, quick=True)
+    assert [run.name for run in result.runs] == ["cnn", "sigmoid-mlp"]
+
+    def last(run, statistic, layer):
+        with RunReader(run) as reader:
+            meta = reader.meta()
+            step = int(reader.tensor_steps("health/values")[-1])
+            table = reader.tensor("health/values", step)
+            return float(table[meta["health/statistics"].index(statistic), meta["health/layers"].index(layer)])
+
+    cnn, mlp = result.runs
+    assert last(mlp, "grad_norm", "fc1") < 1e-3 * last(mlp, "grad_norm", "head")  # vanished on the way down
+    assert last(cnn, "grad_norm", "conv1") > 1e-2 * last(cnn, "grad_norm", "head")
+    with RunReader(cnn) as a, RunReader(mlp) as b:
+        assert a.scalars("probe/accuracy").values[-1] > b.scalars("probe/accuracy").values[-1] + 0.3
+    figures = {p.name for p in (tmp_path / "digits" / "figures").iterdir()}
+    assert {"gradient_flow.png", "health_healthy_CNN.png", "health_deep_sigmoid_MLP.png"} <= figures
+    assert "repr_embed_correctness.gif" in figures  # both runs animate their 64-unit `embed` layer

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from deepscope.errors import UnknownNameError
 
-__all__ = ["BACKGROUNDS", "PHOTOS", "SHAPES", "ShapesData", "sample_photos", "shapes"]
+__all__ = ["BACKGROUNDS", "PHOTOS", "SHAPES", "ShapesData", "digits", "sample_photos", "shapes"]
 
 _Mask = Callable[[Tensor, Tensor], Tensor]  # (u, v) shape coordinates in radius units -> bool mask
 
@@ -321,3 +321,20 @@ def sample_photos(
         out.append(F.interpolate(square, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
     photos = torch.cat(out).clamp_(0, 1)  # (N, 3, size, size)
     return photos if device is None else photos.to(device)
+
+
+def digits(size: int = 16) -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled handwritten digits (1797 images, no network), as ``(N, 1, size, size)`` in [0, 1].
+
+    The 8 × 8 originals (grey levels 0–16) are scaled to [0, 1] and upsampled bilinearly to
+    ``size`` pixels, so convolutions and pooling have room to work. Labels are the digits 0–9.
+    """
+    from sklearn.datasets import load_digits
+
+    if size < 8:
+        raise ValueError(f"size must be at least the original 8 pixels, got {size}")
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
+    if size != 8:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.clamp(0.0, 1.0), torch.as_tensor(bunch.target, dtype=torch.long)

@@ -101,6 +101,9 @@ class LayerHealth:
         self.modules = [model.get_submodule(name) for name in self.layers]
         self._params = [list(m.parameters(recurse=False)) for m in self.modules]
         self._bounds = [_bounds_of(m) for m in self.modules]
+        self.activation_layers = [
+            n for n, m in zip(self.layers, self.modules, strict=True) if isinstance(m, ACTIVATIONS)
+        ]
         self._hooks: HookSet | None = None
         self._activations: dict[int, Tensor] = {}
         self._before: list[list[Tensor]] | None = None

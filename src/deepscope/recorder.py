@@ -55,6 +55,7 @@ class TAGS:
     HEALTH = "health/values"  # (statistics, layers) table per recorded step
     HEALTH_LAYERS = "health/layers"
     HEALTH_STATISTICS = "health/statistics"
+    HEALTH_ACTIVATION_LAYERS = "health/activation_layers"  # the watched activation modules (dead units live there)
     HEALTH_NONFINITE = "health/first_nonfinite_step"
 
 
@@ -184,6 +185,7 @@ class Recorder:
         if self._health is not None:
             self._writer.set_meta(TAGS.HEALTH_LAYERS, self._health.layers)
             self._writer.set_meta(TAGS.HEALTH_STATISTICS, list(STATISTICS))
+            self._writer.set_meta(TAGS.HEALTH_ACTIVATION_LAYERS, self._health.activation_layers)
         self._last_time = time.perf_counter()
         self.snapshot()
         self._arm_if_due()

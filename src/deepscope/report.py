@@ -43,6 +43,7 @@ _HEALTH = "health/values"
 _META_HEALTH_LAYERS = "health/layers"
 _META_HEALTH_STATISTICS = "health/statistics"
 _META_HEALTH_NONFINITE = "health/first_nonfinite_step"
+_META_HEALTH_ACTIVATIONS = "health/activation_layers"
 _ATTR = "attribution"  # tags written by deepscope.attribution.compare.Comparison.record
 _MAX_PANELS = 4  # runs shown side by side in one animation
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
@@ -352,12 +353,13 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     )
 
 
-# statistic -> (panel title, log scale, fixed limits)
+# statistic -> (panel title, log scale, fixed limits, activation modules only)
 _HEALTH_PANELS = {
-    "act_std": ("activation std", True, None),
-    "dead_channels": ("dead channels (share)", False, (0.0, 1.0)),
-    "grad_norm": ("gradient norm", True, None),
-    "update_ratio": ("update / weight ratio", True, None),
+    "act_std": ("activation std", True, None, False),
+    "dead_channels": ("dead channels (share)", False, (0.0, 1.0), True),
+    "saturation": ("saturated outputs (share)", False, (0.0, 1.0), True),
+    "grad_norm": ("gradient norm", True, None, False),
+    "update_ratio": ("update / weight ratio", True, None, False),
 }
 
 
@@ -371,10 +373,15 @@ def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
         layers, statistics = list(meta[_META_HEALTH_LAYERS]), list(meta[_META_HEALTH_STATISTICS])
         steps = reader.tensor_steps(_HEALTH)
         table = np.stack([reader.tensor(_HEALTH, int(step)) for step in steps], axis=-1)  # (S, L, T)
+        activations = set(meta.get(_META_HEALTH_ACTIVATIONS, layers))
         panels = []
-        for statistic, (title, log, limits) in _HEALTH_PANELS.items():
+        for statistic, (title, log, limits, activation_only) in _HEALTH_PANELS.items():
             values = table[statistics.index(statistic)]  # (L, T)
-            rows = [j for j in range(len(layers)) if not np.isnan(values[j]).all()]
+            rows = [
+                j
+                for j in range(len(layers))
+                if not np.isnan(values[j]).all() and (layers[j] in activations or not activation_only)
+            ]
             if rows:
                 panels.append(plots.HealthPanel(title, [layers[j] for j in rows], values[rows], log, limits))
         slug = _slug(reader.info.name)

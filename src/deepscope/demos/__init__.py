@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# Registration order is the tour order: the training-dynamics demo first, then explanations.
-from deepscope.demos import toy2d, shapes  # isort: skip
+# Registration order is the tour order: training dynamics, layer health, then explanations.
+from deepscope.demos import toy2d, digits, shapes  # isort: skip
 from deepscope.registry import DEMOS
 
-__all__ = ["TOUR", "DemoResult", "run_demo", "shapes", "toy2d"]
+__all__ = ["TOUR", "DemoResult", "digits", "run_demo", "shapes", "toy2d"]
 
 TOUR = "tour"  # every registered demo, one report
 
