@@ -123,3 +123,16 @@ def test_layer_selection(tmp_path):
         Recorder(model, tmp_path / "bad", health=["lin0"])
     with pytest.raises(ValueError, match="no layer name matches"):
         Recorder(model, tmp_path / "bad", health="re:conv")
+
+
+def test_large_outputs_are_summarised_from_samples_of_the_batch(generator):
+    from deepscope.health import _activation_statistics
+
+    a = torch.relu(torch.randn(64, 8, 32, 32, generator=generator) + torch.linspace(-1, 1, 8)[None, :, None, None])
+    a[:, 3] = 0.0  # one dead channel
+    mean, std, zero, dead, saturation = _activation_statistics(a, None, units=True).tolist()
+    assert mean == pytest.approx(float(a.mean()), rel=0.02) and std == pytest.approx(float(a.std()), rel=0.02)
+    assert zero == pytest.approx(float((a == 0).float().mean()), abs=0.01)
+    assert dead == 1 / 8  # measured over the whole batch, exactly
+    assert torch.isnan(torch.tensor(saturation))
+    assert torch.isnan(_activation_statistics(a, None, units=False)[3])  # dead units: activation modules only

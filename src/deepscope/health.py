@@ -11,7 +11,10 @@ Statistics (one value per layer; see :data:`STATISTICS`):
 - on the output of every watched module: ``act_mean``, ``act_std``, ``act_zero`` (share of
   exact zeros), ``dead_channels`` (share of channels — dim 1 — that are zero for every sample of
   the batch: dead ReLU units) and ``saturation`` (share of outputs within 1 % of the bounds of a
-  bounded activation — sigmoid, tanh, hardtanh, ReLU6 —, NaN for unbounded ones);
+  bounded activation — sigmoid, tanh, hardtanh, ReLU6 —, NaN for unbounded ones). Dead
+  channels are measured on activation modules only, over the whole batch. The moments and shares
+  are exact up to 131,072 values per output and estimated on evenly spaced samples of the batch
+  (about that many values) beyond;
 - on the module's own parameters: ``grad_norm`` (L2 norm of their gradients), ``weight_norm``
   and ``update_ratio`` (‖w_after − w_before‖ / ‖w_before‖ over the step: ≈ 1e-3 is the classic
   healthy order of magnitude; far below means a frozen layer, far above an unstable one).
@@ -21,6 +24,7 @@ Non-finite values are kept as they are (NaN, inf) so a diverging run shows where
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +55,7 @@ _BOUNDS: dict[type[nn.Module], tuple[float, float]] = {
     nn.ReLU6: (0.0, 6.0),
 }
 _SATURATION_MARGIN = 0.01  # share of the range counted as "at the bound"
+_SAMPLE = 1 << 17  # about how many values of one output the moments and shares are computed on
 
 
 def default_health_layers(model: nn.Module) -> list[str]:
@@ -136,27 +141,22 @@ class LayerHealth:
         self.disarm()
         device = model_device(self.model)
         with torch.no_grad():
-            columns = [
-                torch.cat(
-                    [
-                        self._activations.get(j, _nan(len(ACTIVATION_STATISTICS))).to(device),
-                        _parameter_statistics(params, self._before[j] if self._before else None).to(device),
-                    ]
-                )
-                for j, params in enumerate(self._params)
-            ]
-            values = torch.stack(columns, dim=1).float().cpu() if columns else torch.empty(len(STATISTICS), 0)
+            nan = _nan(len(ACTIVATION_STATISTICS)).to(device)
+            activations = torch.stack([self._activations.get(j, nan).to(device) for j in range(len(self.layers))], 1)
+            parameters = _parameter_statistics(self._params, self._before, device)  # (3, L)
+            values = torch.cat([activations, parameters]).float().cpu()  # one device-to-host transfer
         nonfinite = bool((~torch.isfinite(values) & self._measured()).any())
         self._activations, self._before = {}, None
-        return HealthTable(step=step, values=values, nonfinite=nonfinite)  # one device-to-host transfer
+        return HealthTable(step=step, values=values, nonfinite=nonfinite)
 
     def _measured(self) -> Tensor:
         """``(statistics, layers)`` mask of the values that were measured (the others are NaN by design)."""
         mask = torch.zeros(len(STATISTICS), len(self.layers), dtype=torch.bool)
         for j, params in enumerate(self._params):
             if j in self._activations:
-                mask[: len(ACTIVATION_STATISTICS) - 1, j] = True
-                mask[len(ACTIVATION_STATISTICS) - 1, j] = self._bounds[j] is not None
+                mask[:3, j] = True  # mean, std, zeros
+                mask[3, j] = self.layers[j] in self.activation_layers  # dead channels
+                mask[4, j] = self._bounds[j] is not None  # saturation
             if params:
                 offset = len(ACTIVATION_STATISTICS)
                 mask[offset, j] = any(p.grad is not None for p in params)
@@ -166,13 +166,14 @@ class LayerHealth:
 
     def _make_hook(self, index: int) -> Any:
         bounds = self._bounds[index]
+        units = isinstance(self.modules[index], ACTIVATIONS)
 
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if index in self._activations:  # a module called twice per step: keep the first call
                 return
             tensor = first_tensor(output)
             if tensor is not None and tensor.is_floating_point():
-                self._activations[index] = _activation_statistics(tensor.detach(), bounds)
+                self._activations[index] = _activation_statistics(tensor.detach(), bounds, units=units)
 
         return hook
 
@@ -183,42 +184,71 @@ def _bounds_of(module: nn.Module) -> tuple[float, float] | None:
     return next((b for kind, b in _BOUNDS.items() if isinstance(module, kind)), None)
 
 
-def _activation_statistics(a: Tensor, bounds: tuple[float, float] | None) -> Tensor:
-    """``(5,)`` mean, std, share of zeros, share of dead channels, saturation of one output, on its device."""
-    a = a.float()
-    zero = a == 0
-    # dead units: channels (dim 1) that are zero for every sample and position of the batch
-    dead = zero.transpose(0, 1).flatten(1).all(dim=1).float().mean() if a.ndim >= 2 else zero.float().mean()
-    if bounds is None:
-        saturation = torch.full((), float("nan"), device=a.device)
-    else:
+def _activation_statistics(a: Tensor, bounds: tuple[float, float] | None, *, units: bool) -> Tensor:
+    """``(5,)`` mean, std, share of zeros, share of dead channels, saturation of one output, on its device.
+
+    This runs on the training step itself, so it stays cheap: the moments and shares come from
+    evenly spaced samples of the batch, about :data:`_SAMPLE` values (all of them for smaller outputs),
+    and dead channels (minimum and maximum per channel over the whole batch) are measured on
+    activation modules only (``units``), where they mean something; NaN elsewhere.
+    """
+    # whole samples of the batch (contiguous in memory, so cache-friendly), every ⌈numel / _SAMPLE⌉-th
+    rows = a[:: math.ceil(a.numel() / _SAMPLE)] if a.ndim >= 2 and a.numel() > _SAMPLE else a
+    sample = rows.reshape(-1).float()
+    sample = sample[:: max(1, sample.numel() // _SAMPLE)]
+    n = sample.numel()
+    total, squares = sample.sum().double(), torch.dot(sample, sample).double()
+    mean = total / n
+    std = ((squares - total * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
+    zero = (sample == 0).sum() / n
+    nan = torch.full((), float("nan"), device=a.device)
+    dead = nan
+    if units:  # dead units: channels (dim 1) that are zero for every sample and position of the batch
+        if a.ndim >= 2:
+            others = (0, *range(2, a.ndim))
+            dead = ((a.amax(dim=others) == 0) & (a.amin(dim=others) == 0)).sum() / a.shape[1]
+        else:
+            dead = zero
+    saturation = nan
+    if bounds is not None:
         low, high = bounds
         margin = _SATURATION_MARGIN * (high - low)
-        saturation = ((a <= low + margin) | (a >= high - margin)).float().mean()
-    std = a.std() if a.numel() > 1 else torch.zeros((), device=a.device)
-    return torch.stack([a.mean(), std, zero.float().mean(), dead, saturation])
+        saturation = ((sample <= low + margin) | (sample >= high - margin)).sum() / n
+    return torch.stack([mean.float(), std.float(), zero.float(), dead.float(), saturation.float()])
 
 
 def _nan(n: int) -> Tensor:
     return torch.full((n,), float("nan"))
 
 
-def _parameter_statistics(params: Sequence[Tensor], before: Sequence[Tensor] | None) -> Tensor:
-    """``(3,)`` gradient norm, weight norm and update ratio of a module's own parameters (NaN without any)."""
-    if not params:
-        return _nan(len(PARAMETER_STATISTICS))
-    device = params[0].device
-    grads = [p.grad for p in params if p.grad is not None]
-    grad_norm = _norm(grads) if grads else torch.full((), float("nan"), device=device)
-    weight_norm = _norm(params)
-    if before is None:
-        ratio = torch.full((), float("nan"), device=device)
-    else:
-        old = _norm(before)
-        ratio = _norm([p.detach() - b for p, b in zip(params, before, strict=True)]) / old
-    return torch.stack([grad_norm.to(device), weight_norm, ratio])
+def _parameter_statistics(
+    params: Sequence[Sequence[Tensor]], before: Sequence[Sequence[Tensor]] | None, device: torch.device
+) -> Tensor:
+    """``(3, L)`` gradient norm, weight norm and update ratio of each module's own parameters (NaN without any).
 
+    All the norms of a step come from a few ``torch._foreach_norm`` calls, whatever the number of layers.
+    """
+    out = torch.full((len(PARAMETER_STATISTICS), len(params)), float("nan"), device=device)
+    flat = [p for group in params for p in group]
+    if not flat:
+        return out
+    owner = torch.tensor([j for j, group in enumerate(params) for _ in group], device=device)
 
-def _norm(tensors: Sequence[Tensor]) -> Tensor:
-    """L2 norm of several tensors taken together."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors]))
+    def per_layer(norms: Sequence[Tensor], rows: Tensor) -> Tensor:
+        """Combine per-tensor norms into one norm per layer (NaN for a layer without any)."""
+        squares = torch.stack([n.float() for n in norms]).square()
+        total = torch.zeros(len(params), device=device).index_add_(0, rows, squares)
+        count = torch.zeros(len(params), device=device).index_add_(0, rows, torch.ones_like(squares))
+        return torch.where(count > 0, total.sqrt(), torch.full_like(total, float("nan")))
+
+    with_grad = [i for i, p in enumerate(flat) if p.grad is not None]
+    if with_grad:
+        grads = [flat[i].grad for i in with_grad]
+        out[0] = per_layer(torch._foreach_norm(grads), owner[with_grad])
+    weights = [p.detach() for p in flat]
+    out[1] = per_layer(torch._foreach_norm(weights), owner)
+    if before is not None:
+        old = [b for group in before for b in group]
+        moved = per_layer(torch._foreach_norm(torch._foreach_sub(weights, old)), owner)
+        out[2] = moved / per_layer(torch._foreach_norm(old), owner)
+    return out
