@@ -100,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated substrings: run the variants that contain one (and plain)")
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     data = (
@@ -120,6 +121,9 @@ def main() -> None:
         variants += ["tensorboard histograms every 10", "tensorboard histograms every 1"]
     except ImportError:
         print("(tensorboard is not installed: its rows are skipped)")
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        variants = [v for v in variants if v == "plain" or any(w in v for w in wanted)]
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # take turns, so machine noise is shared
