@@ -133,3 +133,7 @@ def test_digits_demo_shows_vanishing_gradients_next_to_a_healthy_cnn(tmp_path):
     figures = {p.name for p in (tmp_path / "digits" / "figures").iterdir()}
     assert {"gradient_flow.png", "health_healthy_CNN.png", "health_deep_sigmoid_MLP.png"} <= figures
     assert "repr_embed_correctness.gif" in figures  # both runs animate their 64-unit `embed` layer
+    with RunReader(cnn) as reader:
+        assert reader.scalars("eval/loss").steps.tolist() == [30, 60]  # held-out loss after each epoch
+        assert reader.scalars("train/lr").values[0] == pytest.approx(0.05)
+    assert "Validation curves (Recorder.eval_step)" in result.report.read_text()

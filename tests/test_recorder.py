@@ -196,3 +196,31 @@ def test_an_existing_run_is_not_appended_to_by_accident(tmp_path):
         rec.step(loss=6.0)
     with RunReader(tmp_path / "r") as reader:
         assert reader.scalars(TAGS.LOSS).values.tolist() == [5.0, 6.0]
+
+
+def test_learning_rates_throughput_and_validation_share_the_step_axis(tmp_path, generator):
+    model = _classifier()
+    optimizer = torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}], lr=0.1
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.1)
+    with Recorder(model, tmp_path, optimizer=optimizer, health=False) as rec:
+        for _ in range(4):
+            optimizer.step()  # no gradients: a no-op that keeps the scheduler's call order
+            rec.step(loss=1.0, batch_size=32)
+            scheduler.step()
+            if rec.global_step % 2 == 0:
+                rec.eval_step({"loss": torch.tensor(0.5 * rec.global_step), "accuracy": 0.25})
+        with pytest.raises(ValueError, match="at least one metric"):
+            rec.eval_step({})
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            rec.step(batch_size=0)
+    with RunReader(tmp_path) as reader:
+        lr0, lr1 = reader.scalars("train/lr/0"), reader.scalars("train/lr/1")
+        assert lr0.steps.tolist() == [1, 2, 3, 4]
+        np.testing.assert_allclose(lr0.values, [0.1, 0.1, 0.01, 0.01], rtol=1e-6)  # the scheduler's decay
+        np.testing.assert_allclose(lr1.values, [0.5, 0.5, 0.05, 0.05], rtol=1e-6)
+        assert (reader.scalars(TAGS.SAMPLES_PER_S).values > 0).all()
+        loss = reader.scalars("eval/loss")
+        assert loss.steps.tolist() == [2, 4] and loss.values.tolist() == [1.0, 2.0]
+        assert reader.scalars("eval/accuracy").values.tolist() == [0.25, 0.25]

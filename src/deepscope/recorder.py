@@ -37,6 +37,9 @@ class TAGS:
 
     LOSS = "train/loss"
     TRAIN_METRIC = "train/{name}"
+    EVAL_METRIC = "eval/{name}"
+    LR = "train/lr"  # one group; "train/lr/{i}" for several
+    SAMPLES_PER_S = "train/samples_per_s"
     ACCURACY = "probe/accuracy"
     BALANCED_ACCURACY = "probe/balanced_accuracy"
     PROBE_INPUTS = "probe/inputs"
@@ -93,6 +96,8 @@ class Recorder:
             which the model's class-1 probability is also stored (0 disables it).
         overwrite: replace a run already recorded in ``run_dir``. Without it an existing run is an
             error: appending a second training from step 0 would mix two runs' curves.
+        optimizer: when given, the learning rate of each of its parameter groups is recorded at
+            every step (``train/lr``, or ``train/lr/<i>`` for several groups), schedulers included.
         health: per-layer statistics of the training step itself, every ``every`` steps (see
             :mod:`deepscope.health`): ``True`` for every leaf module with parameters and every
             activation module, layer names or modules, ``"re:<pattern>"`` on layer names, or
@@ -122,6 +127,7 @@ class Recorder:
         decision_grid: int = 60,
         overwrite: bool = False,
         health: bool | str | nn.Module | Sequence[str | nn.Module] = True,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -152,6 +158,7 @@ class Recorder:
         self._last_time = 0.0
         self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []
         self._health = LayerHealth(model, select_layers(model, health)) if health is not False else None
+        self.optimizer = optimizer
         self._nonfinite_seen = False
 
     # -- context management -------------------------------------------------------------------
@@ -211,11 +218,18 @@ class Recorder:
             writer.close()
 
     # -- hot path -------------------------------------------------------------------------------
-    def step(self, loss: float | Tensor | None = None, metrics: Mapping[str, float | Tensor] | None = None) -> None:
+    def step(
+        self,
+        loss: float | Tensor | None = None,
+        metrics: Mapping[str, float | Tensor] | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> None:
         """Count one optimisation step, record its loss and metrics, and snapshot every ``every`` steps.
 
         Tensor values stay on their device until the next flush (every ``every`` steps, at most
-        :data:`_SCALAR_FLUSH_STEPS`), so a CUDA loss is not synchronised at every step.
+        :data:`_SCALAR_FLUSH_STEPS`), so a CUDA loss is not synchronised at every step. With
+        ``batch_size`` the throughput ``train/samples_per_s`` is recorded too.
         """
         self._require_open()
         values: dict[str, float | Tensor] = {}
@@ -223,8 +237,16 @@ class Recorder:
             values[TAGS.LOSS] = _scalar(loss)
         for key, value in (metrics or {}).items():
             values[TAGS.TRAIN_METRIC.format(name=key)] = _scalar(value)
+        if self.optimizer is not None:
+            groups = self.optimizer.param_groups
+            for i, group in enumerate(groups):
+                values[TAGS.LR if len(groups) == 1 else f"{TAGS.LR}/{i}"] = _scalar(group["lr"])
         now = time.perf_counter()
         values["train/step_time_s"] = now - self._last_time
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive int (samples in this step), got {batch_size!r}")
+            values[TAGS.SAMPLES_PER_S] = batch_size / max(now - self._last_time, 1e-9)
         self._last_time = now
         self.global_step += 1
         self._pending.append((self.global_step, time.time(), values))
@@ -260,6 +282,23 @@ class Recorder:
         for step, wall_time, values in pending:
             floats = {k: next(host) if isinstance(v, Tensor) else v for k, v in values.items()}
             writer.add_scalars(step, floats, wall_time=wall_time)
+
+    def eval_step(self, metrics: Mapping[str, float | Tensor]) -> None:
+        """Record validation metrics (``eval/<name>``) at the current training step.
+
+        Call it after an evaluation pass, e.g. ``rec.eval_step({"loss": val_loss, "accuracy": acc})``:
+        training and validation curves then share one step axis in the report.
+        """
+        writer = self._require_open()
+        if not metrics:
+            raise ValueError("eval_step needs at least one metric, e.g. {'loss': val_loss}")
+        self._flush_scalars()  # keep the rows in step order
+        values = {TAGS.EVAL_METRIC.format(name=k): _scalar(v) for k, v in metrics.items()}
+        tensors = [k for k, v in values.items() if isinstance(v, Tensor)]
+        if tensors:  # one transfer for every tensor value
+            moved = torch.stack([values[k].float().cpu() for k in tensors]).tolist()  # type: ignore[union-attr]
+            values.update(zip(tensors, moved, strict=True))
+        writer.add_scalars(self.global_step, {k: float(v) for k, v in values.items()})
 
     def log_scalar(self, tag: str, value: float | Tensor, step: int | None = None) -> None:
         """Record a user scalar at ``step`` (the current step by default)."""

@@ -28,6 +28,7 @@ __all__ = ["Figure", "Section", "build_report", "write_page"]
 
 # Tag names written by deepscope.recorder.Recorder (duplicated as plain strings: the report must not import torch).
 _LOSS = "train/loss"
+_EVAL_LOSS = "eval/loss"  # Recorder.eval_step({"loss": ...})
 _ACCURACY = "probe/accuracy"
 _BALANCED = "probe/balanced_accuracy"
 _INPUTS = "probe/inputs"
@@ -228,16 +229,22 @@ def _loss(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     ]
     if not curves:
         return None
+    curves += [
+        (f"{r.info.name} (validation)", (s := r.scalars(_EVAL_LOSS, max_points=2000)).steps, s.values)
+        for r in readers
+        if _EVAL_LOSS in r.scalar_tags()
+    ]
     labels = readers[0].tensor(_LABELS, 0) if _LABELS in readers[0].tensor_tags() else None
     reference = None
     if labels is not None:
         prior = np.bincount(labels) / labels.size
         entropy = float(-(prior[prior > 0] * np.log(prior[prior > 0])).sum())
         reference = (entropy, f"input-blind predictor of the class frequencies ({entropy:.3f})")
+    validated = any(label.endswith("(validation)") for label, _, _ in curves)
     png = plots.loss_curves(
         curves,
         fig_dir / "loss.png",
-        title="Training loss per step",
+        title="Loss per step: training mini-batches and validation" if validated else "Training loss per step",
         xlabel=_step_label(readers[0]),
         window=25,
         reference=reference,
@@ -251,6 +258,14 @@ def _loss(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
             "dotted line is the loss of a model that ignores its input and predicts the class frequencies (for a "
             "cross-entropy loss): a run that stays near it has learnt nothing yet. A trend that stops falling "
             "while accuracy is still near the baseline points to a learning-rate or capacity problem.",
+            *(
+                [
+                    "Validation curves (Recorder.eval_step) share the step axis: a validation loss that rises while "
+                    "the training loss falls is over-fitting."
+                ]
+                if validated
+                else []
+            ),
         ),
         figures=(Figure(png, "Training loss (mini-batch) per step."),),
     )

@@ -97,6 +97,7 @@ def _train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, dat
         class_names=CLASS_NAMES,
         name=name,
         config={**asdict(config), "task": "digits", "model": name},
+        optimizer=optimizer,
     )
     with recorder as rec:
         for epoch in track(range(config.epochs), name, total=config.epochs):
@@ -107,7 +108,11 @@ def _train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, dat
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                rec.step(loss=loss, metrics={"epoch": epoch})
+                rec.step(loss=loss, metrics={"epoch": epoch}, batch_size=len(index))
+            model.eval()
+            with torch.no_grad():  # the held-out loss, on the same step axis as the training loss
+                rec.eval_step({"loss": nn.functional.cross_entropy(model(x_probe), y_probe)})
+            model.train()
     return run_dir
 
 
