@@ -30,6 +30,7 @@ LAYERS = {
     "datasets": 1,
     "recorder": 3,
     "health": 3,
+    "residual": 3,
     "plots": 4,
     "_media": 4,
     "_plot_style": 4,

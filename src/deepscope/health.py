@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from deepscope.hooks import HookSet, first_tensor
 from deepscope.layers import model_device, resolve_layers
+from deepscope.residual import ResidualFlow
 
 __all__ = ["ACTIVATIONS", "STATISTICS", "HealthTable", "LayerHealth", "default_health_layers", "select_layers"]
 
@@ -90,6 +91,7 @@ class HealthTable:
     step: int
     values: Tensor  # (len(STATISTICS), L) float32 on the host; NaN where a statistic does not apply
     nonfinite: bool = False  # a measured value is NaN or infinite: the run is diverging
+    residual: Tensor | None = None  # (blocks,) ‖F(x)‖ / ‖skip(x)‖ of the residual blocks
 
 
 class LayerHealth:
@@ -98,10 +100,12 @@ class LayerHealth:
     Args:
         model: the model being trained.
         layers: dotted names of the watched modules.
+        residual: the residual blocks whose ‖F(x)‖ / ‖skip(x)‖ is measured too (see :mod:`deepscope.residual`).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], residual: ResidualFlow | None = None) -> None:
         self.model = model
+        self.residual = residual
         self.layers = list(layers)
         self.modules = [model.get_submodule(name) for name in self.layers]
         self._params = [list(m.parameters(recurse=False)) for m in self.modules]
@@ -128,6 +132,8 @@ class LayerHealth:
         hooks = HookSet()
         for index, module in enumerate(self.modules):
             hooks.forward(module, self._make_hook(index))
+        if self.residual is not None:
+            self.residual.register(hooks)
         self._hooks = hooks
 
     def disarm(self) -> None:
@@ -144,10 +150,13 @@ class LayerHealth:
             nan = _nan(len(ACTIVATION_STATISTICS)).to(device)
             activations = torch.stack([self._activations.get(j, nan).to(device) for j in range(len(self.layers))], 1)
             parameters = _parameter_statistics(self._params, self._before, device)  # (3, L)
-            values = torch.cat([activations, parameters]).float().cpu()  # one device-to-host transfer
-        nonfinite = bool((~torch.isfinite(values) & self._measured()).any())
+            ratios = self.residual.read(device) if self.residual is not None else torch.empty(0, device=device)
+            packed = torch.cat([activations.flatten(), parameters.flatten(), ratios.float()]).float().cpu()
+        size = len(STATISTICS) * len(self.layers)  # one device-to-host transfer, then split
+        values, residual = packed[:size].view(len(STATISTICS), len(self.layers)), packed[size:]
+        nonfinite = bool((~torch.isfinite(values) & self._measured()).any() or torch.isinf(residual).any())
         self._activations, self._before = {}, None
-        return HealthTable(step=step, values=values, nonfinite=nonfinite)
+        return HealthTable(step=step, values=values, nonfinite=nonfinite, residual=residual)
 
     def _measured(self) -> Tensor:
         """``(statistics, layers)`` mask of the values that were measured (the others are NaN by design)."""

@@ -25,6 +25,7 @@ from deepscope.health import STATISTICS, LayerHealth, select_layers
 from deepscope.hooks import HookSet
 from deepscope.layers import model_device, resolve_layers
 from deepscope.repro import library_versions
+from deepscope.residual import ResidualFlow
 from deepscope.store import STORE_FILENAME, RunWriter, delete_run
 
 __all__ = ["TAGS", "PredictRule", "Recorder"]
@@ -59,6 +60,8 @@ class TAGS:
     HEALTH_LAYERS = "health/layers"
     HEALTH_STATISTICS = "health/statistics"
     HEALTH_ACTIVATION_LAYERS = "health/activation_layers"  # the watched activation modules (dead units live there)
+    RESIDUAL = "health/residual"  # (blocks,) ‖F(x)‖ / ‖skip(x)‖ per recorded step
+    RESIDUAL_BLOCKS = "health/residual_blocks"
     HEALTH_NONFINITE = "health/first_nonfinite_step"
 
 
@@ -102,6 +105,9 @@ class Recorder:
             :mod:`deepscope.health`): ``True`` for every leaf module with parameters and every
             activation module, layer names or modules, ``"re:<pattern>"`` on layer names, or
             ``False``. Hooks are registered only for the measured steps.
+        residual: with ``health``, the residual blocks whose ‖F(x)‖ / ‖skip(x)‖ is recorded:
+            ``True`` finds torchvision ``BasicBlock``/``Bottleneck``-style blocks; or names of
+            blocks, including modules whose output is ``x + F(x)`` (see :mod:`deepscope.residual`).
 
     Example:
         >>> with Recorder(model, "runs/exp1", probe=(x_val, y_val), layers=["fc1"], every=10) as rec:  # doctest: +SKIP
@@ -128,6 +134,7 @@ class Recorder:
         overwrite: bool = False,
         health: bool | str | nn.Module | Sequence[str | nn.Module] = True,
         optimizer: torch.optim.Optimizer | None = None,
+        residual: bool | Sequence[str | nn.Module] = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -157,7 +164,11 @@ class Recorder:
         self._grid: Tensor | None = None
         self._last_time = 0.0
         self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []
-        self._health = LayerHealth(model, select_layers(model, health)) if health is not False else None
+        self._health = (
+            LayerHealth(model, select_layers(model, health), ResidualFlow(model, residual))
+            if health is not False
+            else None
+        )
         self.optimizer = optimizer
         self._nonfinite_seen = False
 
@@ -193,6 +204,8 @@ class Recorder:
             self._writer.set_meta(TAGS.HEALTH_LAYERS, self._health.layers)
             self._writer.set_meta(TAGS.HEALTH_STATISTICS, list(STATISTICS))
             self._writer.set_meta(TAGS.HEALTH_ACTIVATION_LAYERS, self._health.activation_layers)
+            if self._health.residual is not None and self._health.residual.blocks:
+                self._writer.set_meta(TAGS.RESIDUAL_BLOCKS, self._health.residual.blocks)
         self._last_time = time.perf_counter()
         self.snapshot()
         self._arm_if_due()
@@ -269,6 +282,8 @@ class Recorder:
         table = self._health.read(self.global_step)
         writer = self._require_open()
         writer.add_tensor(TAGS.HEALTH, table.step, table.values.numpy())
+        if table.residual is not None and table.residual.numel():
+            writer.add_tensor(TAGS.RESIDUAL, table.step, table.residual.numpy())
         if table.nonfinite and not self._nonfinite_seen:
             self._nonfinite_seen = True  # a diverging run: flag where it broke, keep recording
             writer.set_meta(TAGS.HEALTH_NONFINITE, table.step)

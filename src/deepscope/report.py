@@ -45,6 +45,8 @@ _META_HEALTH_LAYERS = "health/layers"
 _META_HEALTH_STATISTICS = "health/statistics"
 _META_HEALTH_NONFINITE = "health/first_nonfinite_step"
 _META_HEALTH_ACTIVATIONS = "health/activation_layers"
+_RESIDUAL = "health/residual"
+_META_RESIDUAL_BLOCKS = "health/residual_blocks"
 _ATTR = "attribution"  # tags written by deepscope.attribution.compare.Comparison.record
 _MAX_PANELS = 4  # runs shown side by side in one animation
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
@@ -399,6 +401,12 @@ def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
             ]
             if rows:
                 panels.append(plots.HealthPanel(title, [layers[j] for j in rows], values[rows], log, limits))
+        if _RESIDUAL in reader.tensor_tags():
+            residual_steps = reader.tensor_steps(_RESIDUAL)
+            ratios = np.stack([reader.tensor(_RESIDUAL, int(step)) for step in residual_steps], axis=-1)
+            if np.array_equal(residual_steps, steps):
+                blocks = list(meta[_META_RESIDUAL_BLOCKS])
+                panels.append(plots.HealthPanel("residual ‖F(x)‖ / ‖skip‖", blocks, ratios, log=True))
         slug = _slug(reader.info.name)
         png = plots.health_heatmaps(
             steps, panels, fig_dir / f"health_{slug}.png", title=f"Layer health · {reader.info.name}"
@@ -421,7 +429,8 @@ def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
             "activation module (rows, input side on top). How to read it: a dead-channel share that grows means "
             "ReLU units that never fire again; gradient norms that fall by orders of magnitude towards the input "
             "mean vanishing gradients (the early layers stop learning), rising ones exploding gradients; an "
-            "update/weight ratio far below 1e-3 is a layer that barely moves, far above it one that is unstable.",
+            "update/weight ratio far below 1e-3 is a layer that barely moves, far above it one that is unstable. "
+            "For residual blocks, ‖F(x)‖ / ‖skip‖ far below 1 means the block barely changes its input.",
             *notes,
         ),
         figures=tuple(figures),
