@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from deepscope.hooks import HookSet, first_tensor
 from deepscope.targets import Target
 
-__all__ = ["LayerGrads", "ScoredGrads", "forward_scores", "input_grads", "layer_acts_and_grads"]
+__all__ = ["LayerGrads", "ScoredGrads", "forward_scores", "input_grads", "layer_acts_and_grads", "output_tensor"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ def _scores(target: Target, output: Any) -> Tensor:
     return scores
 
 
-def _output_tensor(output: Any) -> Tensor:
+def output_tensor(output: Any) -> Tensor:
+    """The model's output tensor (detached): the output itself, its ``.logits``, or its first tensor."""
     tensor = output if isinstance(output, Tensor) else getattr(output, "logits", None)
     if not isinstance(tensor, Tensor):
         tensor = first_tensor(output)
@@ -69,7 +70,7 @@ def forward_scores(model: nn.Module, inputs: Tensor, target: Target) -> tuple[Te
     """Target scores and the model output for ``inputs`` without building a graph."""
     with torch.inference_mode():
         output = model(inputs)
-        return _scores(target, output).clone(), _output_tensor(output).clone()
+        return _scores(target, output).clone(), output_tensor(output).clone()
 
 
 def input_grads(model: nn.Module, inputs: Tensor, target: Target, *, create_graph: bool = False) -> ScoredGrads:
@@ -79,7 +80,7 @@ def input_grads(model: nn.Module, inputs: Tensor, target: Target, *, create_grap
         output = model(x)
         scores = _scores(target, output)
         (grads,) = torch.autograd.grad(scores.sum(), x, create_graph=create_graph)
-    return ScoredGrads(grads=grads, scores=scores.detach(), output=_output_tensor(output))
+    return ScoredGrads(grads=grads, scores=scores.detach(), output=output_tensor(output))
 
 
 def layer_acts_and_grads(
@@ -142,7 +143,7 @@ def layer_acts_and_grads(
     if reshape is not None:
         acts = [reshape(a) for a in acts]
         grads = [reshape(g) for g in grads]
-    return LayerGrads(acts=acts, grads=list(grads), scores=scores.detach(), output=_output_tensor(output))
+    return LayerGrads(acts=acts, grads=list(grads), scores=scores.detach(), output=output_tensor(output))
 
 
 def _replace_first_tensor(output: Any, replacement: Tensor) -> Any:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepscope.attribution._autograd import forward_scores
+from deepscope.attribution._autograd import forward_scores, output_tensor
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, Context, MethodOutput
 from deepscope.hooks import HookSet, first_tensor
 from deepscope.layers import LayerSpec, resolve_layer
@@ -48,11 +48,7 @@ _OCCLUSION_EXTRAS = ("top_class", "activation")
 
 def _output_logits(output: Any) -> Tensor:
     """The model output as ``(N, K)`` logits (``(N,)`` becomes ``(N, 1)``)."""
-    tensor = output if isinstance(output, Tensor) else getattr(output, "logits", None)
-    if not isinstance(tensor, Tensor):
-        tensor = first_tensor(output)
-    if tensor is None:
-        raise TypeError(f"the model returned {type(output).__name__}, which holds no tensor")
+    tensor = output_tensor(output)
     return tensor[:, None] if tensor.ndim == 1 else tensor.flatten(1)
 
 
