@@ -136,3 +136,20 @@ def test_large_outputs_are_summarised_from_samples_of_the_batch(generator):
     assert dead == 1 / 8  # measured over the whole batch, exactly
     assert torch.isnan(torch.tensor(saturation))
     assert torch.isnan(_activation_statistics(a, None, units=False)[3])  # dead units: activation modules only
+
+
+def test_a_model_without_sub_modules_records_an_empty_table(tmp_path):
+    class Bare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.w
+
+    model = Bare()
+    with Recorder(model, tmp_path, every=1) as rec:
+        model(torch.ones(2, 3)).sum().backward()
+        rec.step(loss=1.0)
+    with RunReader(tmp_path) as reader:
+        assert reader.tensor(TAGS.HEALTH, 1).shape == (len(STATISTICS), 0)

@@ -148,7 +148,8 @@ class LayerHealth:
         device = model_device(self.model)
         with torch.no_grad():
             nan = _nan(len(ACTIVATION_STATISTICS)).to(device)
-            activations = torch.stack([self._activations.get(j, nan).to(device) for j in range(len(self.layers))], 1)
+            columns = [self._activations.get(j, nan).to(device) for j in range(len(self.layers))]
+            activations = torch.stack(columns, 1) if columns else nan[:, None][:, :0]  # (5, L)
             parameters = _parameter_statistics(self._params, self._before, device)  # (3, L)
             ratios = self.residual.read(device) if self.residual is not None else torch.empty(0, device=device)
             packed = torch.cat([activations.flatten(), parameters.flatten(), ratios.float()]).float().cpu()
