@@ -19,6 +19,7 @@ LAYERS = {
     "store": 1,
     "_store_schema": 1,
     "_store_writer": 1,
+    "_store_lock": 1,
     "layers": 1,
     "hooks": 1,
     "guard": 1,

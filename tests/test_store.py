@@ -366,7 +366,7 @@ def test_sigkill_loses_only_the_unflushed_batch_and_never_corrupts(tmp_path):
     with sqlite3.connect(uri, uri=True) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     with RunReader(run) as reader:
-        assert reader.info.status == "running"  # killed: never marked finished
+        assert reader.info.status == "interrupted"  # killed: never marked finished, and its lock is gone
         series = reader.scalars("loss")
         assert len(series) >= last
         np.testing.assert_array_equal(series.steps, np.arange(len(series)))  # a prefix, no holes

@@ -61,7 +61,12 @@ CREATE TABLE IF NOT EXISTS findings (id INTEGER PRIMARY KEY, check_name TEXT, se
 
 @dataclass(frozen=True, slots=True)
 class RunInfo:
-    """Run-level facts: identity, lifecycle status, hyper-parameters and library versions."""
+    """Run-level facts: identity, lifecycle status, hyper-parameters and library versions.
+
+    ``status`` is ``"running"`` while a writer is live, ``"finished"`` or ``"failed"`` once it closed,
+    and ``"interrupted"`` when the writing process died without closing (killed, out of memory):
+    everything it committed is readable, and ``Recorder(..., resume=True)`` continues it.
+    """
 
     run_id: str
     name: str

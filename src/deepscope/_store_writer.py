@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from deepscope._store_lock import WriterLock
 from deepscope._store_schema import (
     BLOB_DIR,
     SCHEMA_DDL,
@@ -114,6 +115,7 @@ class _Batch:
     findings: list[tuple] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     status: str | None = None
+    discard_after: int | None = None  # delete the rows of later steps before inserting this batch
 
 
 class RunWriter(RunLocation):
@@ -121,7 +123,9 @@ class RunWriter(RunLocation):
 
     Opening an existing store of the same schema appends to it (resume). Use it as a context
     manager: leaving the ``with`` block flushes, sets the status to ``"finished"`` (``"failed"``
-    when an exception propagates) and closes. One writer at a time per store.
+    when an exception propagates) and closes. One writer at a time per store: a second one (in
+    any process) raises :class:`~deepscope.errors.RunLockedError` until the first is closed or its
+    process has died.
 
     Args:
         run_dir: folder of the run (created if missing).
@@ -134,6 +138,7 @@ class RunWriter(RunLocation):
 
     Raises:
         SchemaVersionError: the store exists but was written with another schema version.
+        RunLockedError: another writer is writing this run.
     """
 
     def __init__(
@@ -158,7 +163,12 @@ class RunWriter(RunLocation):
         config_json = to_json(config, "config") if config is not None else None
         versions_json = to_json({**_default_versions(), **(versions or {})}, "versions")
         (self._run_dir / BLOB_DIR).mkdir(parents=True, exist_ok=True)
-        self._conn = self._open(name, config_json, versions_json)
+        self._lock = WriterLock(self._run_dir)
+        try:
+            self._conn = self._open(name, config_json, versions_json)
+        except BaseException:
+            self._lock.release()
+            raise
 
         self._cond = threading.Condition()
         self._batch = _Batch()
@@ -357,6 +367,20 @@ class RunWriter(RunLocation):
             self._status_set = True
             self._added(1)
 
+    def discard_after(self, step: int) -> None:
+        """Delete every scalar, tensor and media row recorded after ``step`` (and their files); blocks until done.
+
+        Used when a run resumes from a checkpoint older than its last recorded step: the rows of the
+        lost steps would otherwise be recorded twice. Meta values and findings are kept.
+        """
+        step = operator.index(step)
+        self.flush()  # rows added before the call are deleted too when they are later than ``step``
+        with self._cond:
+            self._check_open()
+            self._batch.discard_after = step
+            self._added(1)
+        self.flush()
+
     def flush(self) -> None:
         """Block until every row added so far is committed; re-raise a failure of the writer thread."""
         self._check_open()
@@ -428,6 +452,7 @@ class RunWriter(RunLocation):
                     return
         finally:
             self._conn.close()
+            self._lock.release()
 
     def _batch_due(self) -> bool:
         pending = self._seq - self._taken
@@ -454,7 +479,10 @@ class RunWriter(RunLocation):
                 _atomic_write(self._run_dir / rel, lambda fh, p=payload: fh.write(p))
         conn = self._conn
         conn.execute("BEGIN")
+        orphans: list[str] = []
         try:
+            if batch.discard_after is not None:
+                orphans = self._delete_after(batch.discard_after)
             conn.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?)", batch.scalars)
             conn.executemany("INSERT INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?)", tensor_rows)
             conn.executemany("INSERT INTO media VALUES (?, ?, ?, ?, ?)", [m[:5] for m in batch.media])
@@ -471,3 +499,14 @@ class RunWriter(RunLocation):
             if conn.in_transaction:  # a failed COMMIT may already have rolled back
                 conn.execute("ROLLBACK")
             raise
+        for rel in orphans:  # after the commit: a committed row never points at a missing file
+            (self._run_dir / rel).unlink(missing_ok=True)
+
+    def _delete_after(self, step: int) -> list[str]:
+        """Delete the rows of steps after ``step`` (inside the open transaction); return their blob paths."""
+        conn = self._conn
+        blobs = [r[0] for r in conn.execute("SELECT blob FROM tensors WHERE step > ? AND blob IS NOT NULL", (step,))]
+        blobs += [r[0] for r in conn.execute("SELECT path FROM media WHERE step > ?", (step,))]
+        for table in ("scalars", "tensors", "media"):
+            conn.execute(f"DELETE FROM {table} WHERE step > ?", (step,))
+        return blobs

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 __all__ = [
     "DeepscopeError",
     "LayerNotFoundError",
+    "RunLockedError",
     "SchemaVersionError",
     "UnknownNameError",
     "close_matches",
@@ -85,3 +86,7 @@ class LayerNotFoundError(DeepscopeError, KeyError):
 
 class SchemaVersionError(DeepscopeError, ValueError):
     """A run store was written with a schema version this deepscope cannot read."""
+
+
+class RunLockedError(DeepscopeError, RuntimeError):
+    """A run store already has a live writer (another process or another writer in this one)."""

@@ -26,7 +26,7 @@ from deepscope.hooks import HookSet
 from deepscope.layers import model_device, resolve_layers
 from deepscope.repro import library_versions
 from deepscope.residual import ResidualFlow
-from deepscope.store import STORE_FILENAME, RunWriter, delete_run
+from deepscope.store import STORE_FILENAME, RunReader, RunWriter, delete_run
 
 __all__ = ["TAGS", "PredictRule", "Recorder"]
 
@@ -97,8 +97,13 @@ class Recorder:
         max_dims: largest layer width stored as is.
         decision_grid: for 2-D probe inputs and a binary task, the resolution of the grid on
             which the model's class-1 probability is also stored (0 disables it).
-        overwrite: replace a run already recorded in ``run_dir``. Without it an existing run is an
-            error: appending a second training from step 0 would mix two runs' curves.
+        overwrite: replace a run already recorded in ``run_dir``. Without it (or ``resume``) an
+            existing run is an error: appending a second training from step 0 would mix two runs' curves.
+        resume: continue the run already in ``run_dir`` (e.g. after the process was killed and the
+            training restarted from a checkpoint): ``True`` goes on after its last recorded step, an
+            int ``step`` goes on after that step and first deletes the rows recorded after it (the
+            part of the run the checkpoint does not contain). Without a run in ``run_dir`` it starts
+            one. A run being written by another live process is refused (:class:`~deepscope.errors.RunLockedError`).
         optimizer: when given, the learning rate of each of its parameter groups is recorded at
             every step (``train/lr``, or ``train/lr/<i>`` for several groups), schedulers included.
         health: per-layer statistics of the training step itself, every ``every`` steps (see
@@ -135,6 +140,7 @@ class Recorder:
         health: bool | str | nn.Module | Sequence[str | nn.Module] = True,
         optimizer: torch.optim.Optimizer | None = None,
         residual: bool | Sequence[str | nn.Module] = True,
+        resume: bool | int = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -155,7 +161,12 @@ class Recorder:
         self.name = name or self.run_dir.name
         self.config = dict(config or {})
         self.decision_grid = decision_grid
+        if resume is not False and overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        if not isinstance(resume, bool) and (not isinstance(resume, int) or resume < 0):
+            raise ValueError(f"resume must be True, False or the step (int >= 0) to restart from, got {resume!r}")
         self.overwrite = overwrite
+        self.resume = resume
         self.probe = _check_probe(probe) if probe is not None else None
         self.global_step = 0
         self._writer: RunWriter | None = None
@@ -183,23 +194,32 @@ class Recorder:
         self.close(failed=exc_type is not None)
 
     def open(self) -> None:
-        """Create the store, write run-level metadata and snapshot the untrained model (step 0)."""
+        """Create the store, write run-level metadata and snapshot the untrained model (step 0).
+
+        With ``resume`` and an existing run, continue it instead: the step counter starts where the
+        run stopped (or at the given step, discarding the rows recorded after it) and no new step-0
+        snapshot is taken.
+        """
         if self._writer is not None:
             return
+        exists = (self.run_dir / STORE_FILENAME).exists()
         if self.overwrite:
             delete_run(self.run_dir)
-        elif (self.run_dir / STORE_FILENAME).exists():
+        elif exists and self.resume is False:
             raise FileExistsError(
-                f"{self.run_dir} already holds a recorded run; pass overwrite=True to replace it, "
-                "or choose another run_dir"
+                f"{self.run_dir} already holds a recorded run; pass resume=True to continue it, overwrite=True to "
+                "replace it, or choose another run_dir"
             )
         self._writer = RunWriter(self.run_dir, name=self.name, config=self.config, versions=library_versions())
+        resumed = exists and not self.overwrite and self._resume_counters(self._writer)
         self._writer.set_meta(TAGS.EVERY, self.every)
         self._writer.set_meta(TAGS.LAYERS, list(self.layers))
         if self.class_names is not None:
             self._writer.set_meta(TAGS.CLASS_NAMES, self.class_names)
-        if self.probe is not None:
+        if self.probe is not None and not resumed:
             self._write_probe_constants(self._writer, *self.probe)
+        elif self.probe is not None:
+            self._set_probe_grid(self._writer, self.probe[0])
         if self._health is not None:
             self._writer.set_meta(TAGS.HEALTH_LAYERS, self._health.layers)
             self._writer.set_meta(TAGS.HEALTH_STATISTICS, list(STATISTICS))
@@ -207,8 +227,22 @@ class Recorder:
             if self._health.residual is not None and self._health.residual.blocks:
                 self._writer.set_meta(TAGS.RESIDUAL_BLOCKS, self._health.residual.blocks)
         self._last_time = time.perf_counter()
-        self.snapshot()
+        if not resumed:
+            self.snapshot()
         self._arm_if_due()
+
+    def _resume_counters(self, writer: RunWriter) -> bool:
+        """Continue the run in the store: set the step counter, drop rows after a ``resume=<step>``; False if empty."""
+        with RunReader(self.run_dir) as reader:
+            last = reader.last_step()
+            self._nonfinite_seen = TAGS.HEALTH_NONFINITE in reader.meta()
+        if last is None:
+            return False
+        start = last if self.resume is True else int(self.resume)
+        if start < last:
+            writer.discard_after(start)  # the steps after the checkpoint were lost with the process
+        self.global_step = self._last_snapshot = start
+        return True
 
     def close(self, *, failed: bool = False) -> None:
         """Snapshot the final step (on success), flush every pending row and close the store."""
@@ -425,6 +459,10 @@ class Recorder:
         writer.add_tensor(TAGS.PROBE_LABELS, 0, labels.numpy().astype(np.int64))
         if inputs.numel() <= _PROBE_INPUTS_MAX_NUMEL:
             writer.add_tensor(TAGS.PROBE_INPUTS, 0, inputs.float().cpu().numpy())
+        self._set_probe_grid(writer, inputs)
+
+    def _set_probe_grid(self, writer: RunWriter, inputs: Tensor) -> None:
+        """For 2-D probe points, the grid on which the decision map is evaluated at each snapshot."""
         if self.decision_grid > 0 and inputs.ndim == 2 and inputs.shape[1] == 2:
             self._grid, extent = _grid_over(inputs, self.decision_grid)
             writer.set_meta(TAGS.GRID_EXTENT, extent)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from deepscope._store_lock import LOCK_FILENAME, writer_alive
 from deepscope._store_schema import (
     BLOB_DIR,
     SCHEMA_VERSION,
@@ -51,7 +52,7 @@ from deepscope._store_schema import (
     store_path,
 )
 from deepscope._store_writer import RunWriter
-from deepscope.errors import SchemaVersionError, UnknownNameError
+from deepscope.errors import RunLockedError, SchemaVersionError, UnknownNameError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -150,6 +151,8 @@ class RunReader(RunLocation):
         if not rows:
             raise SchemaVersionError(f"{self._path} has no run record; it is not a complete deepscope run store")
         run_id, name, created, status, config, versions = rows[0]
+        if status == "running" and not writer_alive(self._run_dir):
+            status = "interrupted"
         return RunInfo(run_id, name, created, status, json.loads(config or "{}"), json.loads(versions or "{}"))
 
     def meta(self) -> dict[str, Any]:
@@ -194,6 +197,14 @@ class RunReader(RunLocation):
         if max_points is not None and len(rows) > max_points:
             rows = rows[_downsample_index(rows["value"], max_points)]
         return Series(tag, rows["step"].copy(), rows["wall"].copy(), rows["value"].copy())
+
+    def last_step(self) -> int | None:
+        """The latest step of any scalar, tensor or media row (None for an empty run)."""
+        rows = self._query(
+            "SELECT MAX(step) FROM (SELECT MAX(step) AS step FROM scalars UNION ALL SELECT MAX(step) FROM tensors "
+            "UNION ALL SELECT MAX(step) FROM media)"
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
 
     def tensor_steps(self, tag: str) -> np.ndarray:
         """Steps (int64, ascending) at which ``tag`` was stored."""
@@ -294,15 +305,21 @@ def find_runs(path: str | os.PathLike) -> list[Path]:
 
 
 def delete_run(run_dir: str | os.PathLike) -> bool:
-    """Delete the store of the run in ``run_dir`` (the SQLite files and ``blobs/``); other files are kept.
+    """Delete the store of the run in ``run_dir`` (the SQLite files, its lock and ``blobs/``); other files are kept.
 
     Returns:
         Whether there was a store to delete.
+
+    Raises:
+        RunLockedError: a live writer is still recording this run.
     """
     root, store = store_path(run_dir)
     if not store.is_file():
         return False
+    if writer_alive(root) and (root / LOCK_FILENAME).is_file():
+        raise RunLockedError(f"{root} is being recorded by a live writer; stop it before deleting the run")
     for suffix in ("", "-wal", "-shm", "-journal"):
         store.with_name(store.name + suffix).unlink(missing_ok=True)
+    (root / LOCK_FILENAME).unlink(missing_ok=True)
     shutil.rmtree(root / BLOB_DIR, ignore_errors=True)
     return True
