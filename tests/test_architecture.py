@@ -20,6 +20,7 @@ LAYERS = {
     "_store_schema": 1,
     "_store_writer": 1,
     "_store_lock": 1,
+    "projection": 1,
     "layers": 1,
     "hooks": 1,
     "guard": 1,

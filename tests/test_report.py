@@ -41,15 +41,16 @@ def test_wide_representations_are_projected_to_two_dimensions(tmp_path):
     assert page.count("<tr>") >= 3  # header + one row per run (overview)
 
 
-def test_aligned_pca_does_not_flip_between_frames():
-    from deepscope.report import _to_2d
+def test_umap_projection_on_request_and_unknown_projections_are_refused(tmp_path):
+    import imageio.v3 as iio
+    import pytest
 
-    rng = np.random.default_rng(1)
-    base = rng.normal(size=(100, 6)) * np.array([5, 2, 0.1, 0.1, 0.1, 0.1])
-    frames = [base, -base, base @ np.diag([1, -1, 1, 1, 1, 1])]  # same cloud, sign flips
-    out = _to_2d(frames)
-    np.testing.assert_allclose(out[1], out[0], atol=1e-8)
-    np.testing.assert_allclose(out[2], out[0], atol=1e-8)
+    _fake_run(tmp_path / "a", "run a", ["no", "yes"])
+    page = build_report(tmp_path, projection="umap").read_text()
+    assert "a UMAP embedding of its 5 stored dimensions" in page
+    assert iio.imread(tmp_path / "figures" / "repr_fc_1__class.gif", index=None).shape[0] == 3
+    with pytest.raises(ValueError, match="valid: pca, umap"):
+        build_report(tmp_path, projection="tsne")
 
 
 def test_report_does_not_import_torch():

@@ -82,11 +82,14 @@ def demo(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs shown side by side.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write.")] = None,
+    projection: Annotated[
+        str, typer.Option("--projection", help="How wide layer snapshots are drawn in 2-D: pca or umap.")
+    ] = "pca",
 ) -> None:
     """Write a self-contained HTML report of recorded runs."""
     from deepscope.report import build_report
 
-    path = build_report(run_dir, output)
+    path = build_report(run_dir, output, projection=projection)  # type: ignore[arg-type]
     _console().print(f"report: {path.resolve()}")
 
 

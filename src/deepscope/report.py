@@ -22,6 +22,7 @@ import numpy as np
 from deepscope import plots
 from deepscope._format import cell
 from deepscope._progress import track
+from deepscope.projection import PROJECTIONS, Projection, project_frames
 from deepscope.store import RunReader, find_runs
 
 __all__ = ["Figure", "Section", "build_report", "write_page"]
@@ -74,7 +75,11 @@ class Section:
 
 
 def build_report(
-    path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, title: str | None = None
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    title: str | None = None,
+    projection: Projection = "pca",
 ) -> Path:
     """Render the runs under ``path`` into one self-contained HTML file and return its path.
 
@@ -83,7 +88,11 @@ def build_report(
         out: the HTML file to write (default ``<path>/report.html``); figures, GIF and MP4
             files are written to a ``figures/`` folder beside it.
         title: the report title (default: derived from the folder name).
+        projection: how wide layer snapshots are drawn in 2-D: ``"pca"`` or ``"umap"`` (see
+            :mod:`deepscope.projection`); frames are aligned to each other either way.
     """
+    if projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection {projection!r}; valid: {', '.join(PROJECTIONS)}")
     root = Path(path)
     run_dirs = find_runs(root)
     out_file = Path(out) if out is not None else root / "report.html"
@@ -96,7 +105,7 @@ def build_report(
         try:
             group_sections: list[Section] = []
             for build in _SECTIONS:
-                result = build(readers, fig_dir)
+                result = build(readers, fig_dir, projection) if build is _representation else build(readers, fig_dir)
                 group_sections.extend(result if isinstance(result, list) else [result] if result is not None else [])
         finally:
             for reader in readers:
@@ -273,7 +282,7 @@ def _loss(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     )
 
 
-def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
+def _representation(readers: Sequence[RunReader], fig_dir: Path, projection: Projection = "pca") -> list[Section]:
     layers = readers[0].meta().get(_META_LAYERS) or []
     sections = []
     for layer in layers:
@@ -282,11 +291,11 @@ def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[Section
         if not usable:
             continue
         shown = usable[:_MAX_PANELS]
-        runs = _same_length([_scatter_sequence(r, tag) for r in shown])
+        runs = _same_length([_scatter_sequence(r, tag, projection) for r in shown])
         names = _class_names(readers[0])
         slug = _slug(layer)
         width = shown[0].tensor(tag, int(shown[0].tensor_steps(tag)[0])).shape[1]
-        axes = ("unit 1", "unit 2") if width <= 2 else ("PC 1", "PC 2")
+        axes = ("unit 1", "unit 2") if width <= 2 else ("PC 1", "PC 2") if projection == "pca" else ("UMAP 1", "UMAP 2")
         common = {"class_names": names, "layer": layer, "axis_names": axes}
         by_correct = plots.representation_animation(
             runs, fig_dir / f"repr_{slug}_correctness", color_by="correctness", **common
@@ -296,6 +305,9 @@ def _representation(readers: Sequence[RunReader], fig_dir: Path) -> list[Section
             "its two units, each z-scored per frame"
             if width == 2
             else f"its first two principal components (of {width} stored dimensions), aligned frame to frame"
+            if projection == "pca"
+            else f"a UMAP embedding of its {width} stored dimensions, each frame started from the previous one "
+            "and aligned to it (distances between far-apart groups are not meaningful in UMAP)"
         )
         paragraphs = [
             f"Every point of the probe set, as seen by layer {layer!r}: {how}. One panel per run, one frame per "
@@ -578,14 +590,14 @@ def _same_length(runs: list[plots.ScatterSequence]) -> list[plots.ScatterSequenc
     ]
 
 
-def _scatter_sequence(reader: RunReader, tag: str) -> plots.ScatterSequence:
+def _scatter_sequence(reader: RunReader, tag: str, projection: Projection) -> plots.ScatterSequence:
     labels = reader.tensor(_LABELS, 0)
     steps, values = reader.tensors(tag)
     pred_steps, preds = reader.tensors(_PRED)
     pred_by_step = dict(zip(pred_steps.tolist(), preds, strict=False))
     keep = [i for i, s in enumerate(steps.tolist()) if s in pred_by_step]
     steps = steps[keep]
-    points = _to_2d([values[i] for i in keep])
+    points = project_frames([values[i] for i in keep], projection)
     correct = np.stack([pred_by_step[s] == labels for s in steps.tolist()])  # (F, N)
     return plots.ScatterSequence(
         label=reader.info.name,
@@ -595,30 +607,6 @@ def _scatter_sequence(reader: RunReader, tag: str) -> plots.ScatterSequence:
         labels=labels,
         accuracy=correct.mean(axis=1),
     )
-
-
-def _to_2d(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Stack ``(N, D)`` frames into ``(F, N, 2)``: as is for D = 2, else PCA aligned frame to frame.
-
-    Each frame is projected on its own top-2 principal axes, then rotated/reflected onto the previous
-    frame (orthogonal Procrustes) so that the animation does not flip or spin between frames.
-    """
-    stacked = np.stack([np.asarray(f, dtype=np.float64) for f in frames])  # (F, N, D)
-    if stacked.shape[2] == 2:
-        return stacked
-    if stacked.shape[2] == 1:
-        return np.concatenate([stacked, np.zeros_like(stacked)], axis=2)
-    out = np.empty((*stacked.shape[:2], 2))
-    previous = None
-    for i, frame in enumerate(stacked):
-        centred = frame - frame.mean(axis=0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        proj = centred @ vt[:2].T  # (N, 2)
-        if previous is not None:
-            u, _, wt = np.linalg.svd(proj.T @ previous)
-            proj = proj @ (u @ wt)
-        out[i] = previous = proj
-    return out
 
 
 def _class_names(reader: RunReader) -> list[str]:
