@@ -21,6 +21,8 @@ LAYERS = {
     "_store_writer": 1,
     "_store_lock": 1,
     "projection": 1,
+    "_distributions": 2,
+    "export": 3,
     "layers": 1,
     "hooks": 1,
     "guard": 1,

@@ -1,5 +1,6 @@
 """Per-layer health statistics: exact values on a hand-checked step, hooks only while armed, divergence flagged."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -153,3 +154,43 @@ def test_a_model_without_sub_modules_records_an_empty_table(tmp_path):
         rec.step(loss=1.0)
     with RunReader(tmp_path) as reader:
         assert reader.tensor(TAGS.HEALTH, 1).shape == (len(STATISTICS), 0)
+
+
+def test_histograms_and_quantiles_of_outputs_and_weights(tmp_path, generator):
+    from deepscope._distributions import QUANTILES, split_summary
+
+    model = _net()
+    x, y = torch.randn(64, 4, generator=generator), torch.rand(64, 3, generator=generator)
+    outputs = {}
+    handle = model[0].register_forward_hook(lambda m, a, o: outputs.setdefault(len(outputs), o.detach().clone()))
+    with Recorder(model, tmp_path, every=2, histogram_bins=10) as rec:
+        _train(model, rec, 2, x, y)
+    handle.remove()
+    with RunReader(tmp_path) as reader:
+        meta = reader.meta()
+        assert meta[TAGS.HISTOGRAM_BINS] == 10 and meta[TAGS.QUANTILE_LEVELS] == list(QUANTILES)
+        table = reader.tensor(TAGS.DISTRIBUTIONS, 2)  # (layers, output|weights, summary)
+    assert table.shape == (4, 2, 2 + 10 + len(QUANTILES))
+    out = outputs[1].numpy().ravel()  # layer "0" during the measured (second) step
+    measured = split_summary(table[0, 0])
+    counts, edges = np.histogram(out, bins=10, range=(out.min(), out.max()))
+    np.testing.assert_allclose(measured.edges, edges, rtol=1e-5)
+    np.testing.assert_array_equal(measured.counts, counts)
+    np.testing.assert_allclose(list(measured.quantiles.values()), np.quantile(out, QUANTILES), rtol=1e-5)
+    weights = np.concatenate([p.detach().numpy().ravel() for p in model[0].parameters()])  # after the step
+    assert split_summary(table[0, 1]).total == weights.size
+    np.testing.assert_allclose(split_summary(table[0, 1]).edges[[0, -1]], [weights.min(), weights.max()], rtol=1e-6)
+    assert split_summary(table[1, 1]) is None  # a ReLU owns no weights
+
+
+def test_distribution_summaries_leave_non_finite_values_out():
+    from deepscope._distributions import split_summary, summarise
+
+    values = torch.tensor([0.0, 1.0, 2.0, 3.0, float("nan"), float("inf"), -float("inf")])
+    summary = split_summary(summarise(values, 3).numpy())
+    assert summary.total == 4
+    np.testing.assert_array_equal(summary.counts, [1, 1, 2])
+    np.testing.assert_allclose(summary.edges, [0, 1, 2, 3])
+    assert summary.quantiles[0.5] == pytest.approx(1.5)
+    assert split_summary(summarise(torch.tensor([float("nan")]), 3).numpy()) is None
+    assert split_summary(summarise(torch.full((5,), 2.0), 3).numpy()).counts.tolist() == [5, 0, 0]

@@ -93,6 +93,21 @@ def report(
     _console().print(f"report: {path.resolve()}")
 
 
+@app.command("export-tensorboard")
+def export_tensorboard(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the TensorBoard event files.")],
+) -> None:
+    """Write recorded runs as TensorBoard logs: scalars, layer health, histograms and images."""
+    from deepscope.export import export_tensorboard as export
+
+    folders = export(run_dir, out_dir)
+    console = _console()
+    for folder in folders:
+        console.print(f"tensorboard log: {folder.resolve()}")
+    console.print(f"view with: tensorboard --logdir {out_dir} --host 127.0.0.1")
+
+
 @app.command()
 def layers(
     model: Annotated[str, typer.Argument(help="torchvision:NAME, a TorchScript file, or package.module:factory.")],

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepscope._distributions import summarise, summary_size
 from deepscope.hooks import HookSet, first_tensor
 from deepscope.layers import model_device, resolve_layers
 from deepscope.residual import ResidualFlow
@@ -92,6 +93,7 @@ class HealthTable:
     values: Tensor  # (len(STATISTICS), L) float32 on the host; NaN where a statistic does not apply
     nonfinite: bool = False  # a measured value is NaN or infinite: the run is diverging
     residual: Tensor | None = None  # (blocks,) ‖F(x)‖ / ‖skip(x)‖ of the residual blocks
+    distributions: Tensor | None = None  # (L, 2, summary) activation and weight summaries (see _distributions)
 
 
 class LayerHealth:
@@ -101,10 +103,22 @@ class LayerHealth:
         model: the model being trained.
         layers: dotted names of the watched modules.
         residual: the residual blocks whose ‖F(x)‖ / ‖skip(x)‖ is measured too (see :mod:`deepscope.residual`).
+        histogram_bins: with ``> 0``, also summarise the distribution of each layer's output and of
+            its weights (range, histogram of that many bins, quantiles; see :mod:`deepscope._distributions`).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], residual: ResidualFlow | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        residual: ResidualFlow | None = None,
+        *,
+        histogram_bins: int = 0,
+    ) -> None:
+        if isinstance(histogram_bins, bool) or not isinstance(histogram_bins, int) or histogram_bins < 0:
+            raise ValueError(f"histogram_bins must be an int >= 0 (0 turns histograms off), got {histogram_bins!r}")
         self.model = model
+        self.histogram_bins = histogram_bins
         self.residual = residual
         self.layers = list(layers)
         self.modules = [model.get_submodule(name) for name in self.layers]
@@ -115,6 +129,7 @@ class LayerHealth:
         ]
         self._hooks: HookSet | None = None
         self._activations: dict[int, Tensor] = {}
+        self._output_summaries: dict[int, Tensor] = {}
         self._before: list[list[Tensor]] | None = None
 
     @property
@@ -126,7 +141,7 @@ class LayerHealth:
         """Register the forward hooks and copy the weights: the next training step is measured."""
         if self._hooks is not None:
             return
-        self._activations = {}
+        self._activations, self._output_summaries = {}, {}
         with torch.no_grad():
             self._before = [[p.detach().clone() for p in params] for params in self._params]
         hooks = HookSet()
@@ -152,12 +167,28 @@ class LayerHealth:
             activations = torch.stack(columns, 1) if columns else nan[:, None][:, :0]  # (5, L)
             parameters = _parameter_statistics(self._params, self._before, device)  # (3, L)
             ratios = self.residual.read(device) if self.residual is not None else torch.empty(0, device=device)
-            packed = torch.cat([activations.flatten(), parameters.flatten(), ratios.float()]).float().cpu()
+            summaries = self._summaries(device)  # (L, 2, summary) or empty
+            packed = torch.cat([activations.flatten(), parameters.flatten(), ratios.float(), summaries.flatten()])
+            packed = packed.float().cpu()
         size = len(STATISTICS) * len(self.layers)  # one device-to-host transfer, then split
-        values, residual = packed[:size].view(len(STATISTICS), len(self.layers)), packed[size:]
+        values = packed[:size].view(len(STATISTICS), len(self.layers))
+        residual = packed[size : size + ratios.numel()]
+        distributions = packed[size + ratios.numel() :].view(summaries.shape) if self.histogram_bins else None
         nonfinite = bool((~torch.isfinite(values) & self._measured()).any() or torch.isinf(residual).any())
-        self._activations, self._before = {}, None
-        return HealthTable(step=step, values=values, nonfinite=nonfinite, residual=residual)
+        self._activations, self._output_summaries, self._before = {}, {}, None
+        return HealthTable(step, values, nonfinite, residual, distributions)
+
+    def _summaries(self, device: torch.device) -> Tensor:
+        """``(L, 2, summary)`` distributions of each layer's output and weights (NaN rows where absent)."""
+        if not self.histogram_bins:
+            return torch.empty(0, device=device)
+        blank = torch.full((summary_size(self.histogram_bins),), float("nan"), device=device)
+        rows = []
+        for j, params in enumerate(self._params):
+            weights = torch.cat([p.detach().reshape(-1) for p in params]) if params else None
+            weight_summary = summarise(_sample(weights), self.histogram_bins) if weights is not None else blank
+            rows.append(torch.stack([self._output_summaries.get(j, blank).to(device), weight_summary]))
+        return torch.stack(rows) if rows else torch.empty(0, 2, blank.numel(), device=device)
 
     def _measured(self) -> Tensor:
         """``(statistics, layers)`` mask of the values that were measured (the others are NaN by design)."""
@@ -184,6 +215,8 @@ class LayerHealth:
             tensor = first_tensor(output)
             if tensor is not None and tensor.is_floating_point():
                 self._activations[index] = _activation_statistics(tensor.detach(), bounds, units=units)
+                if self.histogram_bins:
+                    self._output_summaries[index] = summarise(_sample(tensor.detach()), self.histogram_bins)
 
         return hook
 
@@ -202,10 +235,7 @@ def _activation_statistics(a: Tensor, bounds: tuple[float, float] | None, *, uni
     and dead channels (minimum and maximum per channel over the whole batch) are measured on
     activation modules only (``units``), where they mean something; NaN elsewhere.
     """
-    # whole samples of the batch (contiguous in memory, so cache-friendly), every ⌈numel / _SAMPLE⌉-th
-    rows = a[:: math.ceil(a.numel() / _SAMPLE)] if a.ndim >= 2 and a.numel() > _SAMPLE else a
-    sample = rows.reshape(-1).float()
-    sample = sample[:: max(1, sample.numel() // _SAMPLE)]
+    sample = _sample(a)
     n = sample.numel()
     total, squares = sample.sum().double(), torch.dot(sample, sample).double()
     mean = total / n
@@ -225,6 +255,14 @@ def _activation_statistics(a: Tensor, bounds: tuple[float, float] | None, *, uni
         margin = _SATURATION_MARGIN * (high - low)
         saturation = ((sample <= low + margin) | (sample >= high - margin)).sum() / n
     return torch.stack([mean.float(), std.float(), zero.float(), dead.float(), saturation.float()])
+
+
+def _sample(a: Tensor) -> Tensor:
+    """About :data:`_SAMPLE` values of ``a`` as a flat float tensor (all of them when it is smaller)."""
+    # whole samples of the batch (contiguous in memory, so cache-friendly), every ⌈numel / _SAMPLE⌉-th
+    rows = a[:: math.ceil(a.numel() / _SAMPLE)] if a.ndim >= 2 and a.numel() > _SAMPLE else a
+    sample = rows.reshape(-1).float()
+    return sample[:: max(1, sample.numel() // _SAMPLE)]
 
 
 def _nan(n: int) -> Tensor:

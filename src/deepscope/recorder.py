@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepscope._distributions import QUANTILES
 from deepscope.guard import preserved
 from deepscope.health import STATISTICS, LayerHealth, select_layers
 from deepscope.hooks import HookSet
@@ -63,6 +64,9 @@ class TAGS:
     RESIDUAL = "health/residual"  # (blocks,) ‖F(x)‖ / ‖skip(x)‖ per recorded step
     RESIDUAL_BLOCKS = "health/residual_blocks"
     HEALTH_NONFINITE = "health/first_nonfinite_step"
+    DISTRIBUTIONS = "health/distributions"  # (layers, 2, summary): output and weight summaries per recorded step
+    HISTOGRAM_BINS = "health/histogram_bins"
+    QUANTILE_LEVELS = "health/quantile_levels"
 
 
 _SCALAR_FLUSH_STEPS = 50  # step scalars wait on the device for at most this many steps
@@ -113,6 +117,10 @@ class Recorder:
         residual: with ``health``, the residual blocks whose ‖F(x)‖ / ‖skip(x)‖ is recorded:
             ``True`` finds torchvision ``BasicBlock``/``Bottleneck``-style blocks; or names of
             blocks, including modules whose output is ``x + F(x)`` (see :mod:`deepscope.residual`).
+        histogram_bins: with ``health``, also record the distribution of each watched layer's output
+            and of its weights at every measured step: range, a histogram of this many bins and
+            the quantiles 1/25/50/75/99 %, computed on the device (``deepscope export-tensorboard``
+            turns them into TensorBoard histograms). 0 (the default) records none.
 
     Example:
         >>> with Recorder(model, "runs/exp1", probe=(x_val, y_val), layers=["fc1"], every=10) as rec:  # doctest: +SKIP
@@ -141,6 +149,7 @@ class Recorder:
         optimizer: torch.optim.Optimizer | None = None,
         residual: bool | Sequence[str | nn.Module] = True,
         resume: bool | int = False,
+        histogram_bins: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -176,7 +185,9 @@ class Recorder:
         self._last_time = 0.0
         self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []
         self._health = (
-            LayerHealth(model, select_layers(model, health), ResidualFlow(model, residual))
+            LayerHealth(
+                model, select_layers(model, health), ResidualFlow(model, residual), histogram_bins=histogram_bins
+            )
             if health is not False
             else None
         )
@@ -226,6 +237,9 @@ class Recorder:
             self._writer.set_meta(TAGS.HEALTH_ACTIVATION_LAYERS, self._health.activation_layers)
             if self._health.residual is not None and self._health.residual.blocks:
                 self._writer.set_meta(TAGS.RESIDUAL_BLOCKS, self._health.residual.blocks)
+            if self._health.histogram_bins:
+                self._writer.set_meta(TAGS.HISTOGRAM_BINS, self._health.histogram_bins)
+                self._writer.set_meta(TAGS.QUANTILE_LEVELS, list(QUANTILES))
         self._last_time = time.perf_counter()
         if not resumed:
             self.snapshot()
@@ -318,6 +332,8 @@ class Recorder:
         writer.add_tensor(TAGS.HEALTH, table.step, table.values.numpy())
         if table.residual is not None and table.residual.numel():
             writer.add_tensor(TAGS.RESIDUAL, table.step, table.residual.numpy())
+        if table.distributions is not None:
+            writer.add_tensor(TAGS.DISTRIBUTIONS, table.step, table.distributions.numpy())
         if table.nonfinite and not self._nonfinite_seen:
             self._nonfinite_seen = True  # a diverging run: flag where it broke, keep recording
             writer.set_meta(TAGS.HEALTH_NONFINITE, table.step)
