@@ -22,6 +22,7 @@ LAYERS = {
     "_store_lock": 1,
     "projection": 1,
     "_distributions": 2,
+    "_distributed": 1,
     "export": 3,
     "layers": 1,
     "hooks": 1,

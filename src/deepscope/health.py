@@ -20,6 +20,10 @@ Statistics (one value per layer; see :data:`STATISTICS`):
   healthy order of magnitude; far below means a frozen layer, far above an unstable one).
 
 Non-finite values are kept as they are (NaN, inf) so a diverging run shows where it broke.
+
+Under ``torch.distributed`` every rank measures its own batch and the table is the mean over
+the ranks (gradient and weight norms are the same on every rank after DDP's all-reduce; the
+activation statistics are averages of the ranks' values); distributions are rank 0's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepscope import _distributed as distributed
 from deepscope._distributions import summarise, summary_size
 from deepscope.hooks import HookSet, first_tensor
 from deepscope.layers import model_device, resolve_layers
@@ -171,6 +176,8 @@ class LayerHealth:
             packed = torch.cat([activations.flatten(), parameters.flatten(), ratios.float(), summaries.flatten()])
             packed = packed.float().cpu()
         size = len(STATISTICS) * len(self.layers)  # one device-to-host transfer, then split
+        if distributed.active():  # statistics: the mean over the ranks; distributions: this rank's (rank 0 writes)
+            packed[: size + ratios.numel()] = distributed.mean_across_ranks(packed[: size + ratios.numel()])
         values = packed[:size].view(len(STATISTICS), len(self.layers))
         residual = packed[size : size + ratios.numel()]
         distributions = packed[size + ratios.numel() :].view(summaries.shape) if self.histogram_bins else None

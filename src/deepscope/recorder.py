@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepscope import _distributed as distributed
 from deepscope._distributions import QUANTILES
 from deepscope.guard import preserved
 from deepscope.health import STATISTICS, LayerHealth, select_layers
@@ -153,6 +154,7 @@ class Recorder:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = distributed.unwrap(model)
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer (snapshot period in steps), got {every!r}")
         if batch_size < 1 or max_dims < 2:
@@ -178,7 +180,8 @@ class Recorder:
         self.resume = resume
         self.probe = _check_probe(probe) if probe is not None else None
         self.global_step = 0
-        self._writer: RunWriter | None = None
+        self._writer: RunWriter | None = None  # rank 0 only
+        self._opened = False
         self._last_snapshot: int | None = None
         self._projections: dict[str, Tensor] = {}
         self._grid: Tensor | None = None
@@ -211,8 +214,25 @@ class Recorder:
         run stopped (or at the given step, discarding the rows recorded after it) and no new step-0
         snapshot is taken.
         """
-        if self._writer is not None:
+        if self._opened:
             return
+        failure: BaseException | None = None
+        if distributed.rank() == 0:  # under torch.distributed only rank 0 writes; the others learn how that went
+            try:
+                self._open_store()
+            except BaseException as err:
+                failure = err
+        failed, self.global_step = distributed.from_rank0([failure is not None, self.global_step])
+        if failure is not None:
+            raise failure
+        if failed:
+            raise RuntimeError(f"rank 0 could not open the run store in {self.run_dir}; see its error")
+        self._last_snapshot = self.global_step
+        self._opened = True
+        self._last_time = time.perf_counter()
+        self._arm_if_due()
+
+    def _open_store(self) -> None:
         exists = (self.run_dir / STORE_FILENAME).exists()
         if self.overwrite:
             delete_run(self.run_dir)
@@ -240,10 +260,8 @@ class Recorder:
             if self._health.histogram_bins:
                 self._writer.set_meta(TAGS.HISTOGRAM_BINS, self._health.histogram_bins)
                 self._writer.set_meta(TAGS.QUANTILE_LEVELS, list(QUANTILES))
-        self._last_time = time.perf_counter()
         if not resumed:
-            self.snapshot()
-        self._arm_if_due()
+            self._snapshot(self._writer)
 
     def _resume_counters(self, writer: RunWriter) -> bool:
         """Continue the run in the store: set the step counter, drop rows after a ``resume=<step>``; False if empty."""
@@ -260,23 +278,26 @@ class Recorder:
 
     def close(self, *, failed: bool = False) -> None:
         """Snapshot the final step (on success), flush every pending row and close the store."""
-        writer = self._writer
-        if writer is None:
+        if not self._opened:
             return
+        writer, self._writer, self._opened = self._writer, None, False
         status = "failed" if failed else "finished"
         if self._health is not None:
             self._health.disarm()
         try:
-            self._flush_scalars()
-            if not failed and self._last_snapshot != self.global_step:
-                self.snapshot()
+            if not failed:  # after a failure the other ranks may not be here: no collective
+                self._flush_scalars(writer)
+            if writer is not None and not failed and self._last_snapshot != self.global_step:
+                self._snapshot(writer)
         except BaseException:
             status = "failed"
             raise
         finally:
-            self._writer = None
-            writer.set_status(status)
-            writer.close()
+            if writer is not None:
+                if failed:
+                    self._flush_scalars(writer, reduce=False)  # no collective: the other ranks may be gone
+                writer.set_status(status)
+                writer.close()
 
     # -- hot path -------------------------------------------------------------------------------
     def step(
@@ -315,7 +336,7 @@ class Recorder:
         if snapshot_due and self._health is not None and self._health.armed:
             self._write_health()
         if snapshot_due or len(self._pending) >= _SCALAR_FLUSH_STEPS:
-            self._flush_scalars()
+            self._flush_scalars(self._writer)
         if snapshot_due:
             self.snapshot()
         self._arm_if_due()
@@ -327,8 +348,10 @@ class Recorder:
 
     def _write_health(self) -> None:
         assert self._health is not None
-        table = self._health.read(self.global_step)
-        writer = self._require_open()
+        table = self._health.read(self.global_step)  # a mean over the ranks under torch.distributed
+        writer = self._writer
+        if writer is None:
+            return
         writer.add_tensor(TAGS.HEALTH, table.step, table.values.numpy())
         if table.residual is not None and table.residual.numel():
             writer.add_tensor(TAGS.RESIDUAL, table.step, table.residual.numpy())
@@ -338,15 +361,19 @@ class Recorder:
             self._nonfinite_seen = True  # a diverging run: flag where it broke, keep recording
             writer.set_meta(TAGS.HEALTH_NONFINITE, table.step)
 
-    def _flush_scalars(self) -> None:
-        """Move pending step scalars to the host in one transfer and hand them to the writer."""
+    def _flush_scalars(self, writer: RunWriter | None, *, reduce: bool = True) -> None:
+        """Move pending step scalars to the host in one transfer and hand them to the writer (rank 0).
+
+        Under torch.distributed the values are averaged over the ranks first (throughput summed),
+        unless ``reduce`` is off: then rank 0 writes its own.
+        """
         pending, self._pending = self._pending, []
-        tensors = [v for _, _, values in pending for v in values.values() if isinstance(v, Tensor)]
-        host = iter(torch.stack([t.float().cpu() for t in tensors]).tolist() if tensors else [])
-        writer = self._require_open()
-        for step, wall_time, values in pending:
-            floats = {k: next(host) if isinstance(v, Tensor) else v for k, v in values.items()}
-            writer.add_scalars(step, floats, wall_time=wall_time)
+        rows = [(step, wall, _to_host(values)) for step, wall, values in pending]
+        if reduce and distributed.active():
+            rows = _mean_over_ranks(rows)
+        if writer is not None:
+            for step, wall_time, values in rows:
+                writer.add_scalars(step, values, wall_time=wall_time)
 
     def eval_step(self, metrics: Mapping[str, float | Tensor]) -> None:
         """Record validation metrics (``eval/<name>``) at the current training step.
@@ -354,31 +381,40 @@ class Recorder:
         Call it after an evaluation pass, e.g. ``rec.eval_step({"loss": val_loss, "accuracy": acc})``:
         training and validation curves then share one step axis in the report.
         """
-        writer = self._require_open()
+        self._require_open()
         if not metrics:
             raise ValueError("eval_step needs at least one metric, e.g. {'loss': val_loss}")
-        self._flush_scalars()  # keep the rows in step order
+        self._flush_scalars(self._writer)  # keep the rows in step order
         values = {TAGS.EVAL_METRIC.format(name=k): _scalar(v) for k, v in metrics.items()}
-        tensors = [k for k, v in values.items() if isinstance(v, Tensor)]
-        if tensors:  # one transfer for every tensor value
-            moved = torch.stack([values[k].float().cpu() for k in tensors]).tolist()  # type: ignore[union-attr]
-            values.update(zip(tensors, moved, strict=True))
-        writer.add_scalars(self.global_step, {k: float(v) for k, v in values.items()})
+        rows = [(self.global_step, time.time(), _to_host(values))]
+        if distributed.active():
+            rows = _mean_over_ranks(rows)
+        if self._writer is not None:
+            self._writer.add_scalars(self.global_step, rows[0][2], wall_time=rows[0][1])
 
     def log_scalar(self, tag: str, value: float | Tensor, step: int | None = None) -> None:
-        """Record a user scalar at ``step`` (the current step by default)."""
+        """Record a user scalar at ``step`` (the current step by default); under torch.distributed, rank 0's."""
         value = _scalar(value)
-        self._require_open().add_scalar(tag, self.global_step if step is None else step, float(value))
+        self._require_open()
+        if self._writer is not None:
+            self._writer.add_scalar(tag, self.global_step if step is None else step, float(value))
 
     def log_tensor(self, tag: str, value: Tensor | np.ndarray, step: int | None = None) -> None:
-        """Record a user array at ``step`` (the current step by default)."""
-        array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
-        self._require_open().add_tensor(tag, self.global_step if step is None else step, array)
+        """Record a user array at ``step`` (the current step by default); under torch.distributed, rank 0's."""
+        self._require_open()
+        if self._writer is not None:
+            array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+            self._writer.add_tensor(tag, self.global_step if step is None else step, array)
 
     # -- snapshots ----------------------------------------------------------------------------------
     def snapshot(self) -> None:
-        """Evaluate the probe set now and store layer outputs, predictions and accuracies."""
-        writer = self._require_open()
+        """Evaluate the probe set now and store layer outputs, predictions and accuracies (rank 0 only)."""
+        self._require_open()
+        if self._writer is not None:
+            self._snapshot(self._writer)
+        self._last_snapshot = self.global_step
+
+    def _snapshot(self, writer: RunWriter) -> None:
         self._last_snapshot = self.global_step
         if self.probe is None:
             return
@@ -437,7 +473,8 @@ class Recorder:
             generator = torch.Generator().manual_seed(0)
             matrix = torch.randn(width, self.max_dims, generator=generator) / self.max_dims**0.5
             self._projections[layer] = matrix.to(values.device)
-            self._require_open().set_meta(
+            assert self._writer is not None  # snapshots run on rank 0, which writes
+            self._writer.set_meta(
                 f"{TAGS.PROJECTION}/{layer}",
                 {"kind": "gaussian_random", "seed": 0, "from": width, "to": self.max_dims},
             )
@@ -483,10 +520,32 @@ class Recorder:
             self._grid, extent = _grid_over(inputs, self.decision_grid)
             writer.set_meta(TAGS.GRID_EXTENT, extent)
 
-    def _require_open(self) -> RunWriter:
-        if self._writer is None:
+    def _require_open(self) -> None:
+        if not self._opened:
             raise RuntimeError("the Recorder is not open: use it as `with Recorder(...) as rec:` or call rec.open()")
-        return self._writer
+
+
+def _to_host(values: Mapping[str, float | Tensor]) -> dict[str, float]:
+    """Step values as floats; the tensor ones come to the host in one transfer."""
+    tensors = [k for k, v in values.items() if isinstance(v, Tensor)]
+    floats = {k: v for k, v in values.items() if not isinstance(v, Tensor)}
+    if tensors:
+        moved = torch.stack([values[k].float() for k in tensors]).cpu().tolist()  # type: ignore[union-attr]
+        floats.update(zip(tensors, moved, strict=True))
+    return {k: float(floats[k]) for k in values}
+
+
+def _mean_over_ranks(rows: list[tuple[int, float, dict[str, float]]]) -> list[tuple[int, float, dict[str, float]]]:
+    """Average every value over the ranks (one collective); throughput is summed, as the ranks train together."""
+    flat = [v for _, _, values in rows for v in values.values()]
+    steps = [step for step, _, _ in rows] or [0]
+    distributed.agree([len(rows), len(flat), steps[0], steps[-1]], "the recorded steps and values")
+    mean = iter(distributed.mean_across_ranks(torch.tensor(flat, dtype=torch.float64)).tolist())
+    world = distributed.world_size()
+    return [
+        (step, wall, {k: next(mean) * (world if k == TAGS.SAMPLES_PER_S else 1) for k in values})
+        for step, wall, values in rows
+    ]
 
 
 def _check_probe(probe: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
