@@ -1,6 +1,7 @@
 import re
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 
 from deepscope.demos import run_demo
@@ -136,4 +137,7 @@ def test_digits_demo_shows_vanishing_gradients_next_to_a_healthy_cnn(tmp_path):
     with RunReader(cnn) as reader:
         assert reader.scalars("eval/loss").steps.tolist() == [30, 60]  # held-out loss after each epoch
         assert reader.scalars("train/lr").values[0] == pytest.approx(0.05)
+        assert reader.meta()["health/residual_blocks"] == ["res1", "res2"]
+        ratios = reader.tensors("health/residual")[1]
+        assert all(np.isfinite(r).all() and (r > 0).all() for r in ratios)
     assert "Validation curves (Recorder.eval_step)" in result.report.read_text()

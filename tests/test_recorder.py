@@ -224,3 +224,27 @@ def test_learning_rates_throughput_and_validation_share_the_step_axis(tmp_path, 
         loss = reader.scalars("eval/loss")
         assert loss.steps.tolist() == [2, 4] and loss.values.tolist() == [1.0, 2.0]
         assert reader.scalars("eval/accuracy").values.tolist() == [0.25, 0.25]
+
+
+def test_wide_feature_maps_are_pooled_before_any_random_projection(tmp_path, generator):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1))
+    model.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2)))
+    x, y = torch.randn(12, 1, 6, 6, generator=generator), torch.randint(0, 2, (12,), generator=generator)
+    with Recorder(model, tmp_path, probe=(x, y), layers=["1", "2"], every=5, max_dims=100, health=False):
+        pass
+    with torch.no_grad():
+        relu = model[1](model[0](x))
+        pooled = nn.functional.adaptive_avg_pool2d(relu, 3).flatten(1)  # 8 channels · 3 · 3 = 72 <= 100
+    with RunReader(tmp_path) as reader:
+        meta = reader.meta()
+        assert meta["repr/pooling/1"] == {"kind": "adaptive_avg_pool", "grid": [3, 3], "from": [8, 6, 6], "to": 72}
+        np.testing.assert_allclose(reader.tensor("repr/1", 0), pooled.numpy(), rtol=1e-6)
+        assert reader.tensor("repr/2", 0).shape == (12, 16 * 2 * 2)  # 16 channels: a 2 × 2 grid fits in 100
+        assert "repr/projection/1" not in meta
+    with Recorder(model, tmp_path / "narrow", probe=(x, y), layers=["2"], every=5, max_dims=8, health=False):
+        pass
+    with RunReader(tmp_path / "narrow") as reader:  # 16 channels > 8: pooled to 1 × 1, then projected
+        assert reader.meta()["repr/pooling/2"]["to"] == 16
+        assert reader.meta()["repr/projection/2"] == {"kind": "gaussian_random", "seed": 0, "from": 16, "to": 8}
+        assert reader.tensor("repr/2", 0).shape == (12, 8)

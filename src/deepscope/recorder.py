@@ -8,6 +8,7 @@ predictions. Later issues add per-layer statistics as extra probes without chang
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import time
@@ -56,6 +57,7 @@ class TAGS:
     CLASS_NAMES = "probe/class_names"
     LAYERS = "repr/layers"
     PROJECTION = "repr/projection"
+    POOLING = "repr/pooling"
     GRID_EXTENT = "input/grid_extent"
     EVERY = "recorder/every"
     HEALTH = "health/values"  # (statistics, layers) table per recorded step
@@ -88,8 +90,9 @@ class Recorder:
         probe: a fixed ``(inputs, labels)`` pair evaluated at each snapshot; labels are class
             indices ``(N,)``. Without it only scalars are recorded.
         layers: layers whose outputs are stored at each snapshot (dotted names or modules).
-            Outputs are flattened to ``(N, D)``; when ``D > max_dims`` they are reduced with a
-            fixed Gaussian random projection (seeded, recorded in the run's meta).
+            Outputs are flattened to ``(N, D)``; when ``D > max_dims``, feature maps ``(N, C, H, W)``
+            are first average-pooled to the finest spatial grid that fits, and what is still wider is
+            reduced with a fixed Gaussian random projection (both recorded in the run's meta).
         every: snapshot period in steps.
         predict: how to turn the model output into a class: ``"argmax"`` for ``(N, C)`` outputs,
             ``"logit"`` (``> 0``) or ``"probability"`` (``> 0.5``) for a single output column,
@@ -184,6 +187,7 @@ class Recorder:
         self._opened = False
         self._last_snapshot: int | None = None
         self._projections: dict[str, Tensor] = {}
+        self._pooled: set[str] = set()
         self._grid: Tensor | None = None
         self._last_time = 0.0
         self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []
@@ -447,7 +451,7 @@ class Recorder:
         captured: dict[str, list[Tensor]] = {name: [] for name in layers}
         with preserved(self.model, grads=False), torch.no_grad(), HookSet() as hooks:
             self.model.eval()
-            latest = hooks.capture_outputs(layers, transform=lambda t: t.detach().flatten(1).float())
+            latest = hooks.capture_outputs(layers, transform=Tensor.detach)
             for start in range(0, inputs.shape[0], self.batch_size):
                 batch = inputs[start : start + self.batch_size].to(device)
                 out = self.model(batch)
@@ -460,9 +464,28 @@ class Recorder:
                 for name in layers:
                     if name not in latest:
                         raise RuntimeError(f"layer {name!r} was not called during the forward pass of the probe set")
-                    captured[name].append(latest.pop(name))
+                    captured[name].append(self._features(name, latest.pop(name)))
         layer_outputs = {name: self._project(name, torch.cat(chunks)) for name, chunks in captured.items()}
         return torch.cat(outputs), layer_outputs
+
+    def _features(self, layer: str, output: Tensor) -> Tensor:
+        """A layer output as ``(N, D)`` floats, feature maps wider than ``max_dims`` average-pooled first.
+
+        ``(N, C, H, W)`` maps are pooled to the finest ``s × s`` grid with ``C·s² <= max_dims``: cheap,
+        and unlike a random projection of the flattened map it keeps the coarse spatial layout.
+        """
+        if output.ndim == 4 and output[0].numel() > self.max_dims:
+            grid = max(1, min(math.isqrt(self.max_dims // output.shape[1]), *output.shape[2:]))
+            if layer not in self._pooled:
+                self._pooled.add(layer)
+                assert self._writer is not None  # snapshots run on rank 0, which writes
+                size = output.shape[1] * grid * grid
+                self._writer.set_meta(
+                    f"{TAGS.POOLING}/{layer}",
+                    {"kind": "adaptive_avg_pool", "grid": [grid, grid], "from": list(output.shape[1:]), "to": size},
+                )
+            output = nn.functional.adaptive_avg_pool2d(output, grid)
+        return output.flatten(1).float()
 
     def _project(self, layer: str, values: Tensor) -> Tensor:
         """Reduce ``(N, D)`` values to at most ``max_dims`` columns with a fixed random projection."""

@@ -2,12 +2,12 @@
 
 Both networks see the same 16 × 16 digits (1500 for training, 297 held out as the probe set),
 the same batches and the same optimiser, and both end in a 64-unit layer named ``embed`` whose
-representation the report animates. The CNN (two conv-ReLU-pool blocks and two linear layers)
-learns in a few epochs. The MLP stacks eight 64-unit sigmoid layers: each sigmoid multiplies the
-backward signal by at most 1/4, so the gradients of its first layers are orders of magnitude
-smaller than those of its last (vanishing gradients, Hochreiter 1991; Glorot & Bengio 2010), the
-early layers barely move and the accuracy lags. The layer-health section of the report shows
-both, side by side.
+representation the report animates. The CNN (two conv-ReLU-pool blocks, two residual blocks whose
+‖F(x)‖ / ‖x‖ is recorded, and two linear layers) learns in a few epochs. The MLP stacks eight
+64-unit sigmoid layers: each sigmoid multiplies the backward signal by at most 1/4, so the
+gradients of its first layers are orders of magnitude smaller than those of its last (vanishing
+gradients, Hochreiter 1991; Glorot & Bengio 2010), the early layers barely move and the accuracy
+lags. The layer-health section of the report shows both, side by side.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from deepscope.demos._common import apply_overrides, clear_runs
 from deepscope.recorder import Recorder
 from deepscope.registry import DEMOS
 
-__all__ = ["DigitsConfig", "make_cnn", "make_sigmoid_mlp", "record"]
+__all__ = ["DigitsConfig", "ResidualBlock", "make_cnn", "make_sigmoid_mlp", "record"]
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
 
@@ -49,8 +49,22 @@ class DigitsConfig:
             raise ValueError("epochs, batch_size, every and depth must be >= 1 and lr > 0")
 
 
+class ResidualBlock(nn.Module):
+    """``x + F(x)`` with ``F`` = conv-ReLU-conv at constant width: the residual ratio ‖F(x)‖ / ‖x‖ is recorded."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The input plus the branch's output."""
+        return x + self.branch(x)
+
+
 def make_cnn(seed: int) -> nn.Module:
-    """conv(16)-ReLU-pool → conv(32)-ReLU-pool → linear(64)-ReLU (``embed``) → linear(10)."""
+    """conv(16)-ReLU-pool → conv(32)-ReLU-pool → two residual blocks → linear(64)-ReLU (``embed``) → linear(10)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Sequential(
@@ -61,6 +75,8 @@ def make_cnn(seed: int) -> nn.Module:
                 conv2=nn.Conv2d(16, 32, 3, padding=1),
                 relu2=nn.ReLU(),
                 pool2=nn.MaxPool2d(2),
+                res1=ResidualBlock(32),
+                res2=ResidualBlock(32),
                 flatten=nn.Flatten(),
                 fc=nn.Linear(32 * 4 * 4, 64),
                 embed=nn.ReLU(),
@@ -98,6 +114,7 @@ def _train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, dat
         name=name,
         config={**asdict(config), "task": "digits", "model": name},
         optimizer=optimizer,
+        residual=[name for name, module in model.named_children() if isinstance(module, ResidualBlock)] or False,
     )
     with recorder as rec:
         for epoch in track(range(config.epochs), name, total=config.epochs):
