@@ -215,13 +215,16 @@ class LayerHealth:
     def _make_hook(self, index: int) -> Any:
         bounds = self._bounds[index]
         units = isinstance(self.modules[index], ACTIVATIONS)
+        nonnegative = isinstance(self.modules[index], (nn.ReLU, nn.ReLU6))
 
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if index in self._activations:  # a module called twice per step: keep the first call
                 return
             tensor = first_tensor(output)
             if tensor is not None and tensor.is_floating_point():
-                self._activations[index] = _activation_statistics(tensor.detach(), bounds, units=units)
+                self._activations[index] = _activation_statistics(
+                    tensor.detach(), bounds, units=units, nonnegative=nonnegative
+                )
                 if self.histogram_bins:
                     self._output_summaries[index] = summarise(_sample(tensor.detach()), self.histogram_bins)
 
@@ -234,7 +237,9 @@ def _bounds_of(module: nn.Module) -> tuple[float, float] | None:
     return next((b for kind, b in _BOUNDS.items() if isinstance(module, kind)), None)
 
 
-def _activation_statistics(a: Tensor, bounds: tuple[float, float] | None, *, units: bool) -> Tensor:
+def _activation_statistics(
+    a: Tensor, bounds: tuple[float, float] | None, *, units: bool, nonnegative: bool = False
+) -> Tensor:
     """``(5,)`` mean, std, share of zeros, share of dead channels, saturation of one output, on its device.
 
     This runs on the training step itself, so it stays cheap: the moments and shares come from
@@ -253,7 +258,10 @@ def _activation_statistics(a: Tensor, bounds: tuple[float, float] | None, *, uni
     if units:  # dead units: channels (dim 1) that are zero for every sample and position of the batch
         if a.ndim >= 2:
             others = (0, *range(2, a.ndim))
-            dead = ((a.amax(dim=others) == 0) & (a.amin(dim=others) == 0)).sum() / a.shape[1]
+            silent = a.amax(dim=others) == 0
+            if not nonnegative:  # ReLU outputs are >= 0: a maximum of 0 already means all zeros (one pass, not two)
+                silent &= a.amin(dim=others) == 0
+            dead = silent.sum() / a.shape[1]
         else:
             dead = zero
     saturation = nan
