@@ -4,12 +4,14 @@ Run: python bench/bench_recorder.py [--steps 200] [--repeats 3]
 
 The issue's setting: 4 × Conv3×3 (3-32-64-128-128, strides 1/2/2/2) + ReLU, global average pool,
 Linear(128, 10), SGD momentum 0.9, batches of 64 images 3 × 32 × 32, 200 steps. Variants (they
-take turns, ``--repeats`` times, so machine noise is shared; the best repeat is kept):
+train side by side, one step each in turn, so machine noise is shared; ``--repeats`` times, the
+median ratio is kept):
 
 - plain: the loop alone;
 - deepscope, default every 10: scalars every step, layer health of every 10th training step (8
   layers: 4 convs, 4 ReLUs, the linear head) and a probe snapshot (256 images, 2 layers);
 - deepscope, health only every 10 / every 1;
+- deepscope, health every step and probe snapshots every 10 (``snapshot_every=10``);
 - deepscope, everything every step;
 - TensorBoard: ``add_histogram`` of every parameter and its gradient every 10 steps / every step
   (what users do today to watch layers), when ``tensorboard`` is installed.
@@ -43,57 +45,86 @@ def make_cnn() -> nn.Module:
 Hook = Callable[[int], None]
 
 
-def _deepscope(model: nn.Module, run_dir: Path, probe, *, every: int, health: bool, snapshots: bool) -> Recorder:
-    kwargs = {"probe": probe, "layers": ["5", "10"]} if snapshots else {}
+def _deepscope(
+    model: nn.Module,
+    run_dir: Path,
+    probe,
+    *,
+    every: int,
+    health: bool,
+    snapshots: bool,
+    snapshot_every: int | None = None,
+) -> Recorder:
+    kwargs = {"probe": probe, "layers": ["5", "10"], "snapshot_every": snapshot_every} if snapshots else {}
     return Recorder(model, run_dir, every=every, health=health, **kwargs)
 
 
-def run(variant: str, steps: int, data, probe, tmp: Path) -> float:
-    model = make_cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    xs, ys = data
-    rec: Recorder | None = None
-    tensorboard = None
-    tb_every = 0
-    if variant == "deepscope, default every 10":
-        rec = _deepscope(model, tmp / variant, probe, every=10, health=True, snapshots=True)
-    elif variant == "deepscope, health every 10":
-        rec = _deepscope(model, tmp / variant, probe, every=10, health=True, snapshots=False)
-    elif variant == "deepscope, health every step":
-        rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=False)
-    elif variant == "deepscope, all every step":
-        rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=True)
-    elif variant.startswith("tensorboard histograms every "):
-        from torch.utils.tensorboard import SummaryWriter
+class Trainer:
+    """One variant: its own model, optimiser and recorder, advanced one training step at a time."""
 
-        tensorboard = SummaryWriter(str(tmp / variant.replace(" ", "_")))
-        tb_every = int(variant.rsplit(" ", 1)[1])
-    elif variant != "plain":
-        raise ValueError(variant)
-    if rec is not None:
-        rec.open()
-    times = []
-    for i in range(steps):
-        x, y = xs[i % len(xs)], ys[i % len(ys)]
+    def __init__(self, variant: str, probe, tmp: Path) -> None:
+        self.variant = variant
+        self.model = make_cnn()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.rec: Recorder | None = None
+        self.tensorboard = None
+        self.tb_every = 0
+        self.times: list[float] = []
+        model = self.model
+        if variant == "deepscope, default every 10":
+            self.rec = _deepscope(model, tmp / variant, probe, every=10, health=True, snapshots=True)
+        elif variant == "deepscope, health every 10":
+            self.rec = _deepscope(model, tmp / variant, probe, every=10, health=True, snapshots=False)
+        elif variant == "deepscope, health every step":
+            self.rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=False)
+        elif variant == "deepscope, health every step, snapshots every 10":
+            self.rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=True, snapshot_every=10)
+        elif variant == "deepscope, all every step":
+            self.rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=True)
+        elif variant.startswith("tensorboard histograms every "):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(tmp / variant.replace(" ", "_")))
+            self.tb_every = int(variant.rsplit(" ", 1)[1])
+        elif variant != "plain":
+            raise ValueError(variant)
+        if self.rec is not None:
+            self.rec.open()
+
+    def step(self, i: int, x: torch.Tensor, y: torch.Tensor) -> None:
         start = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
-        if rec is not None:
-            rec.step(loss=loss)
-        if tensorboard is not None:
-            tensorboard.add_scalar("loss", loss.item(), i)
-            if (i + 1) % tb_every == 0:
-                for name, param in model.named_parameters():
-                    tensorboard.add_histogram(name, param, i)
-                    tensorboard.add_histogram(f"{name}.grad", param.grad, i)
-        times.append(time.perf_counter() - start)
-    if rec is not None:
-        rec.close()
-    if tensorboard is not None:
-        tensorboard.close()
-    return statistics.mean(times[10:])
+        self.opt.step()
+        if self.rec is not None:
+            self.rec.step(loss=loss)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("loss", loss.item(), i)
+            if (i + 1) % self.tb_every == 0:
+                for name, param in self.model.named_parameters():
+                    self.tensorboard.add_histogram(name, param, i)
+                    self.tensorboard.add_histogram(f"{name}.grad", param.grad, i)
+        self.times.append(time.perf_counter() - start)
+
+    def close(self) -> float:
+        """Close the recorder or writer; return the mean step time (first 10 steps excluded)."""
+        if self.rec is not None:
+            self.rec.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return statistics.mean(self.times[10:])
+
+
+def run(variants: list[str], steps: int, data, probe, tmp: Path) -> dict[str, float]:
+    """Train every variant side by side, one step each in turn (rotating the order), so noise is shared."""
+    trainers = [Trainer(v, probe, tmp) for v in variants]
+    xs, ys = data
+    for i in range(steps):
+        shift = i % len(trainers)
+        for trainer in trainers[shift:] + trainers[:shift]:
+            trainer.step(i, xs[i % len(xs)], ys[i % len(ys)])
+    return {t.variant: t.close() for t in trainers}
 
 
 def main() -> None:
@@ -113,6 +144,7 @@ def main() -> None:
         "deepscope, default every 10",
         "deepscope, health every 10",
         "deepscope, health every step",
+        "deepscope, health every step, snapshots every 10",
         "deepscope, all every step",
     ]
     try:
@@ -124,19 +156,25 @@ def main() -> None:
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
         variants = [v for v in variants if v == "plain" or any(w in v for w in wanted)]
-    results: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):  # take turns, so machine noise is shared
-            for variant in variants:
-                results.setdefault(variant, []).append(run(variant, args.steps, data, probe, Path(tmp) / str(repeat)))
-    base = min(results["plain"])
+        for repeat in range(args.repeats):
+            means = run(variants, args.steps, data, probe, Path(tmp) / str(repeat))
+            for variant, mean in means.items():
+                times.setdefault(variant, []).append(mean)
+                ratios.setdefault(variant, []).append(mean / means["plain"])
     print(
         f"recorder overhead: 4-conv CNN, SGD momentum, batch 64 of 3x32x32, {args.steps} steps, "
-        f"{torch.get_num_threads()} threads; mean step time, best of {args.repeats}"
+        f"{torch.get_num_threads()} threads; variants interleaved step by step; mean step time, "
+        f"median of {args.repeats} repeats (ratio range)"
     )
     for variant in variants:
-        best = min(results[variant])
-        print(f"  {variant:<34} {best * 1e3:7.2f} ms/step   ratio {best / base:5.3f}x")
+        ratio = statistics.median(ratios[variant])
+        spread = f"{min(ratios[variant]):.3f}-{max(ratios[variant]):.3f}"
+        print(
+            f"  {variant:<50} {statistics.median(times[variant]) * 1e3:7.2f} ms/step   ratio {ratio:5.3f}x  ({spread})"
+        )
 
 
 if __name__ == "__main__":

@@ -248,3 +248,16 @@ def test_wide_feature_maps_are_pooled_before_any_random_projection(tmp_path, gen
         assert reader.meta()["repr/pooling/2"]["to"] == 16
         assert reader.meta()["repr/projection/2"] == {"kind": "gaussian_random", "seed": 0, "from": 16, "to": 8}
         assert reader.tensor("repr/2", 0).shape == (12, 8)
+
+
+def test_health_and_snapshots_can_have_their_own_periods(tmp_path, generator):
+    model = _classifier()
+    probe = (torch.randn(20, 4, generator=generator), torch.randint(0, 3, (20,), generator=generator))
+    with Recorder(model, tmp_path, probe=probe, every=1, snapshot_every=4) as rec:
+        _train(model, rec, 9, generator)
+    with RunReader(tmp_path) as reader:
+        assert reader.tensor_steps(TAGS.HEALTH).tolist() == list(range(1, 10))
+        assert reader.tensor_steps(TAGS.PROBE_PRED).tolist() == [0, 4, 8, 9]
+        assert reader.meta()["recorder/snapshot_every"] == 4
+    with pytest.raises(ValueError, match="snapshot_every must be a positive integer"):
+        Recorder(model, tmp_path / "x", snapshot_every=0)

@@ -60,6 +60,7 @@ class TAGS:
     POOLING = "repr/pooling"
     GRID_EXTENT = "input/grid_extent"
     EVERY = "recorder/every"
+    SNAPSHOT_EVERY = "recorder/snapshot_every"
     HEALTH = "health/values"  # (statistics, layers) table per recorded step
     HEALTH_LAYERS = "health/layers"
     HEALTH_STATISTICS = "health/statistics"
@@ -80,8 +81,8 @@ class Recorder:
     """Record scalars, layer outputs and probe-set predictions of a training run.
 
     Use it as a context manager around any loop; call :meth:`step` once per optimisation step.
-    Step 0 (the untrained model) is snapshotted on entry, then every ``every`` steps, and the
-    final step on a clean exit.
+    Step 0 (the untrained model) is snapshotted on entry, then every ``snapshot_every`` steps
+    (default: ``every``), and the final step on a clean exit.
 
     Args:
         model: the network being trained. It is never modified: snapshots run in eval mode
@@ -93,7 +94,11 @@ class Recorder:
             Outputs are flattened to ``(N, D)``; when ``D > max_dims``, feature maps ``(N, C, H, W)``
             are first average-pooled to the finest spatial grid that fits, and what is still wider is
             reduced with a fixed Gaussian random projection (both recorded in the run's meta).
-        every: snapshot period in steps.
+        every: period in steps of the layer-health measurements, and of the probe snapshots unless
+            ``snapshot_every`` is given.
+        snapshot_every: period of the probe snapshots when it should differ from ``every``: a probe
+            snapshot costs a forward pass over the whole probe set, so e.g. ``every=1,
+            snapshot_every=100`` watches every training step and animates the representation sparsely.
         predict: how to turn the model output into a class: ``"argmax"`` for ``(N, C)`` outputs,
             ``"logit"`` (``> 0``) or ``"probability"`` (``> 0.5``) for a single output column,
             or a callable. ``"auto"`` means argmax and raises for single-column outputs, which
@@ -141,6 +146,7 @@ class Recorder:
         probe: tuple[Tensor, Tensor] | None = None,
         layers: str | nn.Module | Sequence[str | nn.Module] = (),
         every: int = 10,
+        snapshot_every: int | None = None,
         predict: PredictRule = "auto",
         class_names: Sequence[str] | None = None,
         name: str | None = None,
@@ -158,8 +164,10 @@ class Recorder:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = distributed.unwrap(model)
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer (snapshot period in steps), got {every!r}")
+        snapshot_every = every if snapshot_every is None else snapshot_every
+        for label, period in (("every", every), ("snapshot_every", snapshot_every)):
+            if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+                raise ValueError(f"{label} must be a positive integer (a period in steps), got {period!r}")
         if batch_size < 1 or max_dims < 2:
             raise ValueError("batch_size must be >= 1 and max_dims >= 2")
         if not (callable(predict) or predict in ("auto", "argmax", "logit", "probability")):
@@ -167,6 +175,7 @@ class Recorder:
         self.model = model
         self.run_dir = Path(run_dir)
         self.every = every
+        self.snapshot_every = snapshot_every
         self.predict = predict
         self.batch_size = batch_size
         self.max_dims = max_dims
@@ -248,6 +257,7 @@ class Recorder:
         self._writer = RunWriter(self.run_dir, name=self.name, config=self.config, versions=library_versions())
         resumed = exists and not self.overwrite and self._resume_counters(self._writer)
         self._writer.set_meta(TAGS.EVERY, self.every)
+        self._writer.set_meta(TAGS.SNAPSHOT_EVERY, self.snapshot_every)
         self._writer.set_meta(TAGS.LAYERS, list(self.layers))
         if self.class_names is not None:
             self._writer.set_meta(TAGS.CLASS_NAMES, self.class_names)
@@ -336,10 +346,11 @@ class Recorder:
         self._last_time = now
         self.global_step += 1
         self._pending.append((self.global_step, time.time(), values))
-        snapshot_due = self.global_step % self.every == 0
-        if snapshot_due and self._health is not None and self._health.armed:
+        health_due = self.global_step % self.every == 0
+        snapshot_due = self.global_step % self.snapshot_every == 0
+        if health_due and self._health is not None and self._health.armed:
             self._write_health()
-        if snapshot_due or len(self._pending) >= _SCALAR_FLUSH_STEPS:
+        if health_due or snapshot_due or len(self._pending) >= _SCALAR_FLUSH_STEPS:
             self._flush_scalars(self._writer)
         if snapshot_due:
             self.snapshot()
