@@ -466,10 +466,13 @@ class Recorder:
             for start in range(0, inputs.shape[0], self.batch_size):
                 batch = inputs[start : start + self.batch_size].to(device)
                 out = self.model(batch)
+                logits = getattr(out, "logits", None)  # Hugging Face models return a ModelOutput
+                if not isinstance(out, Tensor) and isinstance(logits, Tensor):
+                    out = logits
                 if not isinstance(out, Tensor):
                     raise TypeError(
-                        f"the Recorder needs a model that returns a Tensor, got {type(out).__name__}; "
-                        "wrap the model so that forward returns the logits"
+                        f"the Recorder needs a model that returns a Tensor (or an output with .logits), got "
+                        f"{type(out).__name__}; wrap the model so that forward returns the logits"
                     )
                 outputs.append(out.detach())
                 for name in layers:
