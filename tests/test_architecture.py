@@ -34,6 +34,7 @@ LAYERS = {
     "attribution": 2,
     "datasets": 1,
     "recorder": 3,
+    "integrations": 3,
     "health": 3,
     "residual": 3,
     "plots": 4,
