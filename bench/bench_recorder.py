@@ -4,8 +4,9 @@ Run: python bench/bench_recorder.py [--steps 200] [--repeats 3]
 
 The issue's setting: 4 × Conv3×3 (3-32-64-128-128, strides 1/2/2/2) + ReLU, global average pool,
 Linear(128, 10), SGD momentum 0.9, batches of 64 images 3 × 32 × 32, 200 steps. Each repeat runs
-every variant once, in a new random order, and divides its mean step time by the plain loop's of
-that repeat; the median ratio over the repeats is printed, with its range. (Interleaving the
+every variant once, in a random order, each right next to its own plain block (in a random order
+within the pair), and divides the two mean step times; the median ratio over the repeats is
+printed, with its range. (Interleaving the
 variants step by step was tried and rejected: the recorders' and TensorBoard's background writer
 threads then run during, and are charged to, the other variants' steps.) Variants:
 
@@ -167,18 +168,20 @@ def main() -> None:
     times: dict[str, list[float]] = {}
     order = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):  # each repeat runs every variant once, in a new random order
-            means = {
-                v: run(v, args.steps, data, probe, Path(tmp) / str(repeat))
-                for v in order.sample(variants, len(variants))
-            }
-            for variant, mean in means.items():
-                times.setdefault(variant, []).append(mean)
-                ratios.setdefault(variant, []).append(mean / means["plain"])
+        for repeat in range(args.repeats):
+            for variant in order.sample(variants[1:], len(variants) - 1):
+                # a plain block right next to each variant's block, in a random order: the pair shares the
+                # machine's slow drifts, which on a shared VM are larger than the effects measured here
+                pair = order.sample(["plain", variant], 2)
+                means = {v: run(v, args.steps, data, probe, Path(tmp) / f"{repeat}-{variant}") for v in pair}
+                times.setdefault(variant, []).append(means[variant])
+                times.setdefault("plain", []).append(means["plain"])
+                ratios.setdefault(variant, []).append(means[variant] / means["plain"])
+    ratios["plain"] = [1.0]
     print(
         f"recorder overhead: 4-conv CNN, SGD momentum, batch 64 of 3x32x32, {args.steps} steps, "
-        f"{torch.get_num_threads()} threads; mean step time; ratio to the plain loop "
-        f"of the same repeat, median of {args.repeats} repeats (range)"
+        f"{torch.get_num_threads()} threads; mean step time; ratio to an adjacent plain block, "
+        f"median of {args.repeats} pairs (range)"
     )
     for variant in variants:
         ratio = statistics.median(ratios[variant])

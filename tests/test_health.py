@@ -124,6 +124,10 @@ def test_layer_selection(tmp_path):
         Recorder(model, tmp_path / "bad", health=["lin0"])
     with pytest.raises(ValueError, match="no layer name matches"):
         Recorder(model, tmp_path / "bad", health="re:conv")
+    assert Recorder(model, tmp_path / "types", health=nn.Linear)._health.layers == ["0", "2"]
+    assert Recorder(model, tmp_path / "types", health=(nn.ReLU, nn.Sigmoid))._health.layers == ["1", "3"]
+    with pytest.raises(ValueError, match=r"no module of type .*Conv2d.*types: Linear, ReLU, Sequential, Sigmoid"):
+        Recorder(model, tmp_path / "bad", health=nn.Conv2d)
 
 
 def test_large_outputs_are_summarised_from_samples_of_the_batch(generator):

@@ -77,9 +77,18 @@ def default_health_layers(model: nn.Module) -> list[str]:
 
 
 def select_layers(model: nn.Module, spec: Any) -> list[str]:
-    """``True`` (defaults), names or modules, or a regular expression ``"re:conv.*"`` on layer names."""
+    """``True`` (defaults), names or modules, a regular expression ``"re:conv.*"`` on layer names, or module types.
+
+    A type (``nn.Conv2d``) or a tuple of types selects every module of the model that is an instance of one.
+    """
     if spec is True:
         return default_health_layers(model)
+    if isinstance(spec, type) or (isinstance(spec, tuple) and spec and all(isinstance(t, type) for t in spec)):
+        names = [n for n, m in model.named_modules() if n and isinstance(m, spec)]
+        if not names:
+            kinds = sorted({type(m).__name__ for _, m in model.named_modules()})
+            raise ValueError(f"the model has no module of type {spec!r}; its module types: {', '.join(kinds)}")
+        return names
     if isinstance(spec, str) and spec.startswith("re:"):
         pattern = re.compile(spec[3:])
         names = [n for n in default_health_layers(model) if pattern.search(n)]

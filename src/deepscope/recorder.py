@@ -121,8 +121,9 @@ class Recorder:
             every step (``train/lr``, or ``train/lr/<i>`` for several groups), schedulers included.
         health: per-layer statistics of the training step itself, every ``every`` steps (see
             :mod:`deepscope.health`): ``True`` for every leaf module with parameters and every
-            activation module, layer names or modules, ``"re:<pattern>"`` on layer names, or
-            ``False``. Hooks are registered only for the measured steps.
+            activation module, layer names or modules, ``"re:<pattern>"`` on layer names, a module
+            type or tuple of types (``nn.Conv2d``), or ``False``. Hooks are registered only for the
+            measured steps.
         residual: with ``health``, the residual blocks whose ‖F(x)‖ / ‖skip(x)‖ is recorded:
             ``True`` finds torchvision ``BasicBlock``/``Bottleneck``-style blocks; or names of
             blocks, including modules whose output is ``x + F(x)`` (see :mod:`deepscope.residual`).
@@ -155,7 +156,7 @@ class Recorder:
         max_dims: int = 512,
         decision_grid: int = 60,
         overwrite: bool = False,
-        health: bool | str | nn.Module | Sequence[str | nn.Module] = True,
+        health: bool | str | nn.Module | type[nn.Module] | Sequence[str | nn.Module] = True,
         optimizer: torch.optim.Optimizer | None = None,
         residual: bool | Sequence[str | nn.Module] = True,
         resume: bool | int = False,
