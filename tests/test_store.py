@@ -523,3 +523,13 @@ def test_delete_run_removes_the_store_and_blobs_only(tmp_path):
     assert delete_run(run) is True
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
     assert delete_run(run) is False
+
+
+@pytest.mark.parametrize(("ending", "status"), [("pass", "finished"), ("raise ValueError('boom')", "failed")])
+def test_a_writer_left_open_is_closed_at_exit_with_the_right_status(tmp_path, ending, status):
+    code = f"from deepscope.store import RunWriter\nw = RunWriter({str(tmp_path)!r})\nw.add_scalar('x', 1, 2.0)\n"
+    code += ending
+    subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True, timeout=60)
+    with RunReader(tmp_path) as reader:
+        assert reader.info.status == status
+        assert reader.scalars("x").values.tolist() == [2.0]

@@ -19,6 +19,7 @@ import platform
 import re
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -101,9 +102,13 @@ _OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
 
 @atexit.register
-def _close_open_writers() -> None:  # commit what a script forgot to flush before the interpreter exits
+def _close_open_writers() -> None:
+    """Commit what a script left open when the interpreter exits; ``failed`` if it exits on an uncaught exception."""
+    crashed = getattr(sys, "last_type", None) is not None  # set by the interpreter for an uncaught exception
     for writer in list(_OPEN_WRITERS):
         with contextlib.suppress(Exception):  # nothing useful can be raised at interpreter exit
+            if crashed and not writer._status_set:
+                writer.set_status("failed")
             writer.close()
 
 
