@@ -1,42 +1,50 @@
 """Recorder overhead against a plain loop and TensorBoard histograms, in one process on the same inputs.
 
-Run: python bench/bench_recorder.py [--steps 200] [--repeats 3]
+Run: python bench/bench_recorder.py [--steps 200] [--repeats 3] [--only SUBSTRING,...]
 
 The issue's setting: 4 × Conv3×3 (3-32-64-128-128, strides 1/2/2/2) + ReLU, global average pool,
-Linear(128, 10), SGD momentum 0.9, batches of 64 images 3 × 32 × 32, 200 steps. Each repeat runs
-every variant once, in a random order, each right next to its own plain block (in a random order
-within the pair), and divides the two mean step times; the median ratio over the repeats is
-printed, with its range. (Interleaving the
-variants step by step was tried and rejected: the recorders' and TensorBoard's background writer
-threads then run during, and are charged to, the other variants' steps.) Variants:
+Linear(128, 10), SGD momentum 0.9, batches of 64 images 3 × 32 × 32, 200 steps. Every variant has
+its own model, optimiser and recorder, and the variants take their training steps *in turn*, one
+step each per round in a random order: on a shared VM the machine's speed drifts by ±20 % within
+seconds, far more than the effects measured here, and step-by-step interleaving makes every
+variant see the same drift. A variant's cost is the sum of its step times (first 10 excluded)
+plus the CPU time of the background threads it started (the run store's writer, TensorBoard's
+event writer), charged to it in full; the printed ratio is that cost over the mean cost of three
+identical plain loops, the median over the repeats (range in brackets). The plain loops' own
+ratios show the noise floor: even identical loops differ by a few per cent within one repeat
+(each model's memory placement), which is why every repeat builds every variant afresh. Variants:
 
-- plain: the loop alone;
-- deepscope, default every 10: scalars every step, layer health of every 10th training step (8
-  layers: 4 convs, 4 ReLUs, the linear head) and a probe snapshot (256 images, 2 layers);
-- deepscope, health every 10 and probe snapshots every 100 (``snapshot_every=100``);
-- deepscope, health only every 10 / every 1;
-- deepscope, health every step and probe snapshots every 10 (``snapshot_every=10``);
-- deepscope, everything every step;
+- plain (three identical controls): the loop alone;
+- plain + probe forward every 10: the loop and a bare ``no_grad`` forward over the 256-image probe
+  set every 10 steps — the floor of any probe-set snapshot;
+- deepscope, default every 10: ``Recorder(model, run_dir)``: the loss every step, layer health of
+  every 10th training step (9 layers: 4 convs, 4 ReLUs, the linear head);
+- deepscope, default + probe snapshots every 10: the same with ``probe=`` (256 images) and
+  ``layers=`` (2 layers), snapshotted every 10 steps: every probe on;
+- deepscope, default + probe snapshots every 100 (``snapshot_every=100``);
+- deepscope, health every step (``every=1``), alone and with probe snapshots every 10;
+- deepscope, all every step;
 - TensorBoard: ``add_histogram`` of every parameter and its gradient every 10 steps / every step
   (what users do today to watch layers), when ``tensorboard`` is installed.
-
-Prints the mean step time (first 10 steps excluded) and its ratio to the plain loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import tempfile
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from deepscope import Recorder
+
+WARMUP = 10  # steps excluded from the means
 
 
 def make_cnn() -> nn.Module:
@@ -47,58 +55,56 @@ def make_cnn() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
 
 
-Hook = Callable[[int], None]
+PLAINS = ("plain", "plain (control 2)", "plain (control 3)")  # identical loops: the reference and the noise floor
+# variant -> Recorder keyword arguments (None: no Recorder)
+RECORDERS: dict[str, dict | None] = {
+    **dict.fromkeys(PLAINS),
+    "plain + probe forward every 10": None,
+    "deepscope, default every 10": {},
+    "deepscope, default + probe snapshots every 10": {"snapshots": True},
+    "deepscope, default + probe snapshots every 100": {"snapshots": True, "snapshot_every": 100},
+    "deepscope, health every step": {"every": 1},
+    "deepscope, health every step + snapshots every 10": {"every": 1, "snapshots": True, "snapshot_every": 10},
+    "deepscope, all every step": {"every": 1, "snapshots": True},
+}
 
 
-def _deepscope(
-    model: nn.Module,
-    run_dir: Path,
-    probe,
-    *,
-    every: int,
-    health: bool,
-    snapshots: bool,
-    snapshot_every: int | None = None,
-) -> Recorder:
-    kwargs = {"probe": probe, "layers": ["5", "10"], "snapshot_every": snapshot_every} if snapshots else {}
-    return Recorder(model, run_dir, every=every, health=health, **kwargs)
+def _thread_cpu(threads: list[threading.Thread]) -> float:
+    """CPU seconds used so far by ``threads`` (0 for those that have ended or cannot be read)."""
+    total = 0.0
+    for thread in threads:
+        with contextlib.suppress(OSError, TypeError, AttributeError):
+            total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))  # type: ignore[arg-type]
+    return total
 
 
 class Trainer:
-    """One variant: its own model, optimiser and recorder, advanced one training step at a time."""
+    """One variant: its own model, optimiser and recorder (or TensorBoard writer), one step at a time."""
 
-    def __init__(self, variant: str, probe, tmp: Path) -> None:
+    def __init__(self, variant: str, probe: tuple[torch.Tensor, torch.Tensor], tmp: Path) -> None:
+        before = set(threading.enumerate())
         self.variant = variant
         self.model = make_cnn()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.rec: Recorder | None = None
         self.tensorboard = None
         self.tb_every = 0
+        self.probe_inputs = probe[0] if variant == "plain + probe forward every 10" else None
         self.times: list[float] = []
-        model = self.model
-        if variant == "deepscope, default every 10":
-            self.rec = _deepscope(model, tmp / variant, probe, every=10, health=True, snapshots=True)
-        elif variant == "deepscope, health every 10, snapshots every 100":
-            self.rec = _deepscope(
-                model, tmp / variant, probe, every=10, health=True, snapshots=True, snapshot_every=100
-            )
-        elif variant == "deepscope, health every 10":
-            self.rec = _deepscope(model, tmp / variant, probe, every=10, health=True, snapshots=False)
-        elif variant == "deepscope, health every step":
-            self.rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=False)
-        elif variant == "deepscope, health every step, snapshots every 10":
-            self.rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=True, snapshot_every=10)
-        elif variant == "deepscope, all every step":
-            self.rec = _deepscope(model, tmp / variant, probe, every=1, health=True, snapshots=True)
-        elif variant.startswith("tensorboard histograms every "):
+        self.recorder_times: list[float] = []
+        if variant.startswith("tensorboard histograms every "):
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(tmp / variant.replace(" ", "_")))
             self.tb_every = int(variant.rsplit(" ", 1)[1])
-        elif variant != "plain":
-            raise ValueError(variant)
-        if self.rec is not None:
+        elif RECORDERS[variant] is not None:
+            kwargs = dict(RECORDERS[variant])
+            if kwargs.pop("snapshots", False):
+                kwargs.update(probe=probe, layers=["5", "10"])
+            self.rec = Recorder(self.model, tmp / variant.replace(" ", "_"), **kwargs)
             self.rec.open()
+        self.threads = [t for t in threading.enumerate() if t not in before]
+        self.cpu_start = _thread_cpu(self.threads)
 
     def step(self, i: int, x: torch.Tensor, y: torch.Tensor) -> None:
         start = time.perf_counter()
@@ -107,7 +113,15 @@ class Trainer:
         loss.backward()
         self.opt.step()
         if self.rec is not None:
+            before = time.perf_counter()
             self.rec.step(loss=loss)
+            self.recorder_times.append(time.perf_counter() - before)
+        if self.probe_inputs is not None and (i + 1) % 10 == 0:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                self.model(self.probe_inputs)
+            self.model.train(was_training)
         if self.tensorboard is not None:
             self.tensorboard.add_scalar("loss", loss.item(), i)
             if (i + 1) % self.tb_every == 0:
@@ -116,22 +130,25 @@ class Trainer:
                     self.tensorboard.add_histogram(f"{name}.grad", param.grad, i)
         self.times.append(time.perf_counter() - start)
 
-    def close(self) -> float:
-        """Close the recorder or writer; return the mean step time (first 10 steps excluded)."""
+    def close(self) -> tuple[float, float, float]:
+        """Close the recorder or writer; mean step time, background CPU and time in ``rec.step`` per step."""
+        background = (_thread_cpu(self.threads) - self.cpu_start) / len(self.times)  # read while the threads live
         if self.rec is not None:
             self.rec.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
-        return statistics.mean(self.times[10:])
+        in_step = statistics.mean(self.recorder_times[WARMUP:]) if self.recorder_times else 0.0
+        return statistics.mean(self.times[WARMUP:]), background, in_step
 
 
-def run(variant: str, steps: int, data, probe, tmp: Path) -> float:
-    """Train one variant for ``steps`` steps; return its mean step time (first 10 steps excluded)."""
-    trainer = Trainer(variant, probe, tmp)
+def run_interleaved(variants: list[str], steps: int, data, probe, tmp: Path, order: random.Random) -> dict:
+    """Train every variant for ``steps`` steps, one step each per round; {variant: Trainer.close()}."""
+    trainers = {v: Trainer(v, probe, tmp) for v in variants}
     xs, ys = data
     for i in range(steps):
-        trainer.step(i, xs[i % len(xs)], ys[i % len(ys)])
-    return trainer.close()
+        for variant in order.sample(variants, len(variants)):
+            trainers[variant].step(i, xs[i % len(xs)], ys[i % len(ys)])
+    return {variant: trainer.close() for variant, trainer in trainers.items()}
 
 
 def main() -> None:
@@ -146,15 +163,7 @@ def main() -> None:
         [torch.randint(0, 10, (64,), generator=g) for _ in range(8)],
     )
     probe = (torch.randn(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g))
-    variants = [
-        "plain",
-        "deepscope, default every 10",
-        "deepscope, health every 10, snapshots every 100",
-        "deepscope, health every 10",
-        "deepscope, health every step",
-        "deepscope, health every step, snapshots every 10",
-        "deepscope, all every step",
-    ]
+    variants = list(RECORDERS)
     try:
         import tensorboard  # noqa: F401
 
@@ -163,31 +172,27 @@ def main() -> None:
         print("(tensorboard is not installed: its rows are skipped)")
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
-        variants = [v for v in variants if v == "plain" or any(w in v for w in wanted)]
-    ratios: dict[str, list[float]] = {}
-    times: dict[str, list[float]] = {}
+        variants = [v for v in variants if v in PLAINS or any(w in v for w in wanted)]
+    columns: dict[str, list[tuple[float, ...]]] = {v: [] for v in variants}  # (ratio, mean, background, in_step)
     order = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for variant in order.sample(variants[1:], len(variants) - 1):
-                # a plain block right next to each variant's block, in a random order: the pair shares the
-                # machine's slow drifts, which on a shared VM are larger than the effects measured here
-                pair = order.sample(["plain", variant], 2)
-                means = {v: run(v, args.steps, data, probe, Path(tmp) / f"{repeat}-{variant}") for v in pair}
-                times.setdefault(variant, []).append(means[variant])
-                times.setdefault("plain", []).append(means["plain"])
-                ratios.setdefault(variant, []).append(means[variant] / means["plain"])
-    ratios["plain"] = [1.0]
+            result = run_interleaved(variants, args.steps, data, probe, Path(tmp) / str(repeat), order)
+            plain = statistics.mean(mean + background for v, (mean, background, _) in result.items() if v in PLAINS)
+            for variant, (mean, background, in_step) in result.items():
+                columns[variant].append(((mean + background) / plain, mean, background, in_step))
     print(
         f"recorder overhead: 4-conv CNN, SGD momentum, batch 64 of 3x32x32, {args.steps} steps, "
-        f"{torch.get_num_threads()} threads; mean step time; ratio to an adjacent plain block, "
-        f"median of {args.repeats} pairs (range)"
+        f"{torch.get_num_threads()} threads, {len(variants)} variants interleaved step by step; "
+        f"ratio = (step time + background threads' CPU) / the plain loops', median of {args.repeats} (range)"
     )
+    print(f"  {'variant':<50} {'step':>9} {'background':>11} {'in rec.step':>12}   ratio")
     for variant in variants:
-        ratio = statistics.median(ratios[variant])
-        spread = f"{min(ratios[variant]):.3f}-{max(ratios[variant]):.3f}"
+        ratios, means, backgrounds, in_steps = zip(*columns[variant], strict=True)
         print(
-            f"  {variant:<50} {statistics.median(times[variant]) * 1e3:7.2f} ms/step   ratio {ratio:5.3f}x  ({spread})"
+            f"  {variant:<50} {statistics.median(means) * 1e3:6.2f} ms {statistics.median(backgrounds) * 1e3:8.2f} ms "
+            f"{statistics.median(in_steps) * 1e3:9.2f} ms   {statistics.median(ratios):5.3f}x "
+            f"({min(ratios):.3f}-{max(ratios):.3f})"
         )
 
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from deepscope.errors import LayerNotFoundError
-from deepscope.health import STATISTICS, default_health_layers
+from deepscope.health import STATISTICS, LayerHealth, default_health_layers
+from deepscope.hooks import HookSet
 from deepscope.recorder import TAGS, Recorder
 from deepscope.store import RunReader
 
@@ -24,6 +25,10 @@ def _train(model, rec, steps, x, y, lr=0.1):
         loss.backward()
         optimizer.step()
         rec.step(loss=loss)
+
+
+def _health_layers(rec):
+    return next(p for p in rec.probes if p.name == "layer_health").layers
 
 
 def _stat(reader, step, name, layer):
@@ -115,7 +120,7 @@ def test_layer_selection(tmp_path):
     assert default_health_layers(model) == ["0", "1", "2", "3"]
     for spec, expected in [("re:^[02]$", ["0", "2"]), (["2", model[3]], ["2", "3"])]:
         with Recorder(model, tmp_path / str(len(expected)) / spec[0], health=spec) as rec:
-            assert rec._health.layers == expected
+            assert _health_layers(rec) == expected
     with Recorder(model, tmp_path / "off", health=False):
         pass
     with RunReader(tmp_path / "off") as reader:
@@ -124,23 +129,41 @@ def test_layer_selection(tmp_path):
         Recorder(model, tmp_path / "bad", health=["lin0"])
     with pytest.raises(ValueError, match="no layer name matches"):
         Recorder(model, tmp_path / "bad", health="re:conv")
-    assert Recorder(model, tmp_path / "types", health=nn.Linear)._health.layers == ["0", "2"]
-    assert Recorder(model, tmp_path / "types", health=(nn.ReLU, nn.Sigmoid))._health.layers == ["1", "3"]
+    assert _health_layers(Recorder(model, tmp_path / "types", health=nn.Linear)) == ["0", "2"]
+    assert _health_layers(Recorder(model, tmp_path / "types", health=(nn.ReLU, nn.Sigmoid))) == ["1", "3"]
     with pytest.raises(ValueError, match=r"no module of type .*Conv2d.*types: Linear, ReLU, Sequential, Sigmoid"):
         Recorder(model, tmp_path / "bad", health=nn.Conv2d)
 
 
-def test_large_outputs_are_summarised_from_samples_of_the_batch(generator):
-    from deepscope.health import _activation_statistics
+def _measure_one_forward(module, x):
+    """The layer-health table of one forward pass of ``nn.Sequential(module)`` on ``x``."""
+    model = nn.Sequential(module)
+    health = LayerHealth(model, ["0"])
+    with HookSet() as hooks:
+        health.arm(hooks)
+        model(x)
+    return health.measure()[TAGS.HEALTH][:, 0]
 
+
+def test_large_outputs_are_summarised_from_samples_of_the_batch(generator):
     a = torch.relu(torch.randn(64, 8, 32, 32, generator=generator) + torch.linspace(-1, 1, 8)[None, :, None, None])
     a[:, 3] = 0.0  # one dead channel
-    mean, std, zero, dead, saturation = _activation_statistics(a, None, units=True).tolist()
+    mean, std, zero, dead, saturation = _measure_one_forward(nn.ReLU(), a)[:5].tolist()  # ReLU(a) = a
     assert mean == pytest.approx(float(a.mean()), rel=0.02) and std == pytest.approx(float(a.std()), rel=0.02)
     assert zero == pytest.approx(float((a == 0).float().mean()), abs=0.01)
     assert dead == 1 / 8  # measured over the whole batch, exactly
     assert torch.isnan(torch.tensor(saturation))
-    assert torch.isnan(_activation_statistics(a, None, units=False)[3])  # dead units: activation modules only
+    assert torch.isnan(_measure_one_forward(nn.Identity(), a)[3])  # dead units: activation modules only
+    x = torch.randn(64, 8, 32, 32, generator=generator) * 3
+    saturation = float(_measure_one_forward(nn.Tanh(), x)[4])  # within 1 % of the range of ±1
+    assert saturation == pytest.approx(float((torch.tanh(x).abs() >= 0.98).float().mean()), abs=0.01)
+
+
+def test_moments_survive_a_mean_far_larger_than_the_spread(generator):
+    x = 1000.0 + 0.01 * torch.randn(4096, generator=generator)  # float32: naive sums of squares lose the spread
+    table = _measure_one_forward(nn.Identity(), x[None])
+    assert float(table[0]) == pytest.approx(float(x.double().mean()), rel=1e-6)
+    assert float(table[1]) == pytest.approx(float(x.double().std()), rel=1e-3)
 
 
 def test_a_model_without_sub_modules_records_an_empty_table(tmp_path):

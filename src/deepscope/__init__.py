@@ -41,7 +41,7 @@ _EXPORTS = {
 }
 
 # sub-packages reachable as attributes, e.g. ``ds.attribution.smooth``, ``ds.datasets.shapes``
-_SUBMODULES = ("attribution", "datasets", "demos", "plots", "report", "store")
+_SUBMODULES = ("attribution", "datasets", "demos", "plots", "probes", "report", "store")
 
 __all__ = ["__version__", *sorted(_EXPORTS), *_SUBMODULES]
 

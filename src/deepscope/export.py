@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deepscope._distributions import split_summary
-from deepscope.recorder import TAGS
+from deepscope._tags import TAGS
 from deepscope.store import RunReader, find_runs
 
 if TYPE_CHECKING:

@@ -22,32 +22,12 @@ import numpy as np
 from deepscope import plots
 from deepscope._format import cell
 from deepscope._progress import track
+from deepscope._tags import TAGS
 from deepscope.projection import PROJECTIONS, Projection, project_frames
 from deepscope.store import RunReader, find_runs
 
 __all__ = ["Figure", "Section", "build_report", "write_page"]
 
-# Tag names written by deepscope.recorder.Recorder (duplicated as plain strings: the report must not import torch).
-_LOSS = "train/loss"
-_EVAL_LOSS = "eval/loss"  # Recorder.eval_step({"loss": ...})
-_ACCURACY = "probe/accuracy"
-_BALANCED = "probe/balanced_accuracy"
-_INPUTS = "probe/inputs"
-_LABELS = "probe/labels"
-_PRED = "probe/pred"
-_REPR = "repr/{layer}"
-_GRID = "input/grid_score"
-_META_BASELINE = "probe/majority_baseline"
-_META_CLASSES = "probe/class_names"
-_META_LAYERS = "repr/layers"
-_META_EXTENT = "input/grid_extent"
-_HEALTH = "health/values"
-_META_HEALTH_LAYERS = "health/layers"
-_META_HEALTH_STATISTICS = "health/statistics"
-_META_HEALTH_NONFINITE = "health/first_nonfinite_step"
-_META_HEALTH_ACTIVATIONS = "health/activation_layers"
-_RESIDUAL = "health/residual"
-_META_RESIDUAL_BLOCKS = "health/residual_blocks"
 _ATTR = "attribution"  # tags written by deepscope.attribution.compare.Comparison.record
 _MAX_PANELS = 4  # runs shown side by side in one animation
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
@@ -150,10 +130,10 @@ def _overview(readers: Sequence[RunReader], fig_dir: Path) -> Section:
     ]
     for reader in readers:
         info, meta, scalar_tags = reader.info, reader.meta(), reader.scalar_tags()
-        trained = _LOSS in scalar_tags
-        steps = reader.scalars(_LOSS).steps if trained else np.array([])
-        accuracy = reader.scalars(_ACCURACY).values if _ACCURACY in scalar_tags else np.array([])
-        baseline = meta.get(_META_BASELINE)
+        trained = TAGS.LOSS in scalar_tags
+        steps = reader.scalars(TAGS.LOSS).steps if trained else np.array([])
+        accuracy = reader.scalars(TAGS.ACCURACY).values if TAGS.ACCURACY in scalar_tags else np.array([])
+        baseline = meta.get(TAGS.MAJORITY_BASELINE)
         methods = meta.get(f"{_ATTR}/methods") or []
         contents = [
             c for c in ("training" if trained else "", f"{len(methods)} attribution method(s)" * bool(methods)) if c
@@ -180,12 +160,12 @@ def _overview(readers: Sequence[RunReader], fig_dir: Path) -> Section:
 
 def _task(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     reader = readers[0]
-    if _INPUTS not in reader.tensor_tags():
+    if TAGS.PROBE_INPUTS not in reader.tensor_tags():
         return None
-    inputs = reader.tensor(_INPUTS, 0)
+    inputs = reader.tensor(TAGS.PROBE_INPUTS, 0)
     if inputs.ndim != 2 or inputs.shape[1] != 2:
         return None
-    labels = reader.tensor(_LABELS, 0)
+    labels = reader.tensor(TAGS.PROBE_LABELS, 0)
     circles = [tuple(c) for c in reader.info.config.get("circles", [])]
     png = plots.toy_task_figure(inputs, labels, fig_dir / "task.png", circles=circles, class_names=_class_names(reader))
     counts = np.bincount(labels)
@@ -208,14 +188,14 @@ def _task(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
 def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     curves = []
     for reader in readers:
-        if _ACCURACY not in reader.scalar_tags():
+        if TAGS.ACCURACY not in reader.scalar_tags():
             continue
-        acc = reader.scalars(_ACCURACY)
-        bal = reader.scalars(_BALANCED)
+        acc = reader.scalars(TAGS.ACCURACY)
+        bal = reader.scalars(TAGS.BALANCED_ACCURACY)
         curves.append((reader.info.name, acc.steps, {"accuracy": acc.values, "balanced accuracy": bal.values}))
     if not curves:
         return None
-    baseline = readers[0].meta().get(_META_BASELINE)
+    baseline = readers[0].meta().get(TAGS.MAJORITY_BASELINE)
     png = plots.training_curves(curves, fig_dir / "accuracy.png", baseline=baseline, xlabel=_step_label(readers[0]))
     return Section(
         "accuracy",
@@ -234,18 +214,18 @@ def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
 
 def _loss(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     curves = [
-        (r.info.name, (s := r.scalars(_LOSS, max_points=2000)).steps, s.values)
+        (r.info.name, (s := r.scalars(TAGS.LOSS, max_points=2000)).steps, s.values)
         for r in readers
-        if _LOSS in r.scalar_tags()
+        if TAGS.LOSS in r.scalar_tags()
     ]
     if not curves:
         return None
     curves += [
-        (f"{r.info.name} (validation)", (s := r.scalars(_EVAL_LOSS, max_points=2000)).steps, s.values)
+        (f"{r.info.name} (validation)", (s := r.scalars(TAGS.EVAL_LOSS, max_points=2000)).steps, s.values)
         for r in readers
-        if _EVAL_LOSS in r.scalar_tags()
+        if TAGS.EVAL_LOSS in r.scalar_tags()
     ]
-    labels = readers[0].tensor(_LABELS, 0) if _LABELS in readers[0].tensor_tags() else None
+    labels = readers[0].tensor(TAGS.PROBE_LABELS, 0) if TAGS.PROBE_LABELS in readers[0].tensor_tags() else None
     reference = None
     if labels is not None:
         prior = np.bincount(labels) / labels.size
@@ -283,11 +263,11 @@ def _loss(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
 
 
 def _representation(readers: Sequence[RunReader], fig_dir: Path, projection: Projection = "pca") -> list[Section]:
-    layers = readers[0].meta().get(_META_LAYERS) or []
+    layers = readers[0].meta().get(TAGS.LAYERS) or []
     sections = []
     for layer in layers:
-        tag = _REPR.format(layer=layer)
-        usable = [r for r in readers if tag in r.tensor_tags() and _PRED in r.tensor_tags()]
+        tag = TAGS.REPR.format(layer=layer)
+        usable = [r for r in readers if tag in r.tensor_tags() and TAGS.PROBE_PRED in r.tensor_tags()]
         if not usable:
             continue
         shown = usable[:_MAX_PANELS]
@@ -339,30 +319,32 @@ def _representation(readers: Sequence[RunReader], fig_dir: Path, projection: Pro
 
 
 def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
-    usable = [r for r in readers if _GRID in r.tensor_tags() and _INPUTS in r.tensor_tags()][:_MAX_PANELS]
+    usable = [r for r in readers if TAGS.GRID_SCORE in r.tensor_tags() and TAGS.PROBE_INPUTS in r.tensor_tags()][
+        :_MAX_PANELS
+    ]
     if not usable:
         return None
     runs = []
-    frames = max(len(r.tensor_steps(_GRID)) for r in usable)
+    frames = max(len(r.tensor_steps(TAGS.GRID_SCORE)) for r in usable)
     for reader in usable:
-        steps, grids = reader.tensors(_GRID)
+        steps, grids = reader.tensors(TAGS.GRID_SCORE)
         pad = frames - len(steps)  # a shorter run holds its last frame
         runs.append((reader.info.name, np.pad(steps, (0, pad), mode="edge"), np.stack(grids + grids[-1:] * pad)))
     first = usable[0]
-    extent = tuple(first.meta()[_META_EXTENT])
+    extent = tuple(first.meta()[TAGS.GRID_EXTENT])
     paths = plots.decision_animation(
         runs,
         extent,  # type: ignore[arg-type]  # stored as a 4-item list
-        first.tensor(_INPUTS, 0),
-        first.tensor(_LABELS, 0),
+        first.tensor(TAGS.PROBE_INPUTS, 0),
+        first.tensor(TAGS.PROBE_LABELS, 0),
         fig_dir / "decision",
         class_names=_class_names(first),
     )
     snapshots = plots.decision_snapshots(
         runs,
         extent,
-        first.tensor(_INPUTS, 0),
-        first.tensor(_LABELS, 0),
+        first.tensor(TAGS.PROBE_INPUTS, 0),
+        first.tensor(TAGS.PROBE_LABELS, 0),
         fig_dir / "decision_snapshots.png",
         class_names=_class_names(first),
     )
@@ -393,16 +375,16 @@ _HEALTH_PANELS = {
 
 
 def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
-    usable = [r for r in readers if _HEALTH in r.tensor_tags()]
+    usable = [r for r in readers if TAGS.HEALTH in r.tensor_tags()]
     if not usable:
         return None
     figures, flows, notes = [], [], []
     for reader in usable:
         meta = reader.meta()
-        layers, statistics = list(meta[_META_HEALTH_LAYERS]), list(meta[_META_HEALTH_STATISTICS])
-        steps = reader.tensor_steps(_HEALTH)
-        table = np.stack([reader.tensor(_HEALTH, int(step)) for step in steps], axis=-1)  # (S, L, T)
-        activations = set(meta.get(_META_HEALTH_ACTIVATIONS, layers))
+        layers, statistics = list(meta[TAGS.HEALTH_LAYERS]), list(meta[TAGS.HEALTH_STATISTICS])
+        steps = reader.tensor_steps(TAGS.HEALTH)
+        table = np.stack([reader.tensor(TAGS.HEALTH, int(step)) for step in steps], axis=-1)  # (S, L, T)
+        activations = set(meta.get(TAGS.HEALTH_ACTIVATION_LAYERS, layers))
         panels = []
         for statistic, (title, log, limits, activation_only) in _HEALTH_PANELS.items():
             values = table[statistics.index(statistic)]  # (L, T)
@@ -413,11 +395,11 @@ def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
             ]
             if rows:
                 panels.append(plots.HealthPanel(title, [layers[j] for j in rows], values[rows], log, limits))
-        if _RESIDUAL in reader.tensor_tags():
-            residual_steps = reader.tensor_steps(_RESIDUAL)
-            ratios = np.stack([reader.tensor(_RESIDUAL, int(step)) for step in residual_steps], axis=-1)
+        if TAGS.RESIDUAL in reader.tensor_tags():
+            residual_steps = reader.tensor_steps(TAGS.RESIDUAL)
+            ratios = np.stack([reader.tensor(TAGS.RESIDUAL, int(step)) for step in residual_steps], axis=-1)
             if np.array_equal(residual_steps, steps):
-                blocks = list(meta[_META_RESIDUAL_BLOCKS])
+                blocks = list(meta[TAGS.RESIDUAL_BLOCKS])
                 panels.append(plots.HealthPanel("residual ‖F(x)‖ / ‖skip‖", blocks, ratios, log=True))
         slug = _slug(reader.info.name)
         png = plots.health_heatmaps(
@@ -428,8 +410,8 @@ def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
         rows = [j for j in range(len(layers)) if not np.isnan(grads[j]).all()]
         if rows:
             flows.append((reader.info.name, [layers[j] for j in rows], steps, grads[rows]))
-        if _META_HEALTH_NONFINITE in meta:
-            notes.append(f"{reader.info.name}: non-finite values from step {meta[_META_HEALTH_NONFINITE]} on.")
+        if TAGS.HEALTH_NONFINITE in meta:
+            notes.append(f"{reader.info.name}: non-finite values from step {meta[TAGS.HEALTH_NONFINITE]} on.")
     if flows:
         flow = plots.gradient_flow(flows[:_MAX_PANELS], fig_dir / "gradient_flow.png")
         figures.append(Figure(flow, "Gradient norm of each layer's parameters, input side on the left."))
@@ -591,9 +573,9 @@ def _same_length(runs: list[plots.ScatterSequence]) -> list[plots.ScatterSequenc
 
 
 def _scatter_sequence(reader: RunReader, tag: str, projection: Projection) -> plots.ScatterSequence:
-    labels = reader.tensor(_LABELS, 0)
+    labels = reader.tensor(TAGS.PROBE_LABELS, 0)
     steps, values = reader.tensors(tag)
-    pred_steps, preds = reader.tensors(_PRED)
+    pred_steps, preds = reader.tensors(TAGS.PROBE_PRED)
     pred_by_step = dict(zip(pred_steps.tolist(), preds, strict=False))
     keep = [i for i, s in enumerate(steps.tolist()) if s in pred_by_step]
     steps = steps[keep]
@@ -610,10 +592,10 @@ def _scatter_sequence(reader: RunReader, tag: str, projection: Projection) -> pl
 
 
 def _class_names(reader: RunReader) -> list[str]:
-    names = reader.meta().get(_META_CLASSES)
+    names = reader.meta().get(TAGS.CLASS_NAMES)
     if names:
         return [str(n) for n in names]
-    labels = reader.tensor(_LABELS, 0) if _LABELS in reader.tensor_tags() else np.array([0, 1])
+    labels = reader.tensor(TAGS.PROBE_LABELS, 0) if TAGS.PROBE_LABELS in reader.tensor_tags() else np.array([0, 1])
     return [f"class {i}" for i in range(int(labels.max()) + 1)]
 
 

@@ -11,19 +11,24 @@ skip path no longer dominates and the block behaves like a plain layer. Two kind
 - any module declared by name whose output is ``x + F(x)`` with nothing after the sum (a
   transformer's attention or MLP sub-block with its residual add): ``F(x) = y − x``.
 
-Norms are L2 norms over the whole batch, computed on the device inside the hooks.
+Norms are L2 norms over the whole batch, computed on the device inside the hooks of the measured
+training steps (the ``residual_flow`` probe, on the schedule of the layer health).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepscope._probe import Probe, register
+from deepscope._store_writer import RunWriter
+from deepscope._tags import TAGS
 from deepscope.hooks import HookSet, first_tensor
-from deepscope.layers import resolve_layers
+from deepscope.layers import model_device, resolve_layers
 
 __all__ = ["ResidualFlow", "find_residual_blocks"]
 
@@ -44,14 +49,21 @@ def find_residual_blocks(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and _branch_end(module) is not None]
 
 
-class ResidualFlow:
-    """Hooks that measure ‖F(x)‖ and ‖skip(x)‖ of residual blocks during one forward pass.
+@register("residual_flow")
+class ResidualFlow(Probe):
+    """‖F(x)‖ / ‖skip(x)‖ of residual blocks on the measured training steps (see the module docstring).
+
+    Tags: ``health/residual`` (``(blocks,)`` per measured step, NaN for a block that did not run);
+    meta ``health/residual_blocks``.
 
     Args:
         model: the model.
         blocks: ``True`` for the torchvision-style blocks found automatically, or names/modules
             of blocks (torchvision-style, or modules whose output is ``x + F(x)``).
     """
+
+    schedule = "measured"
+    tags = (TAGS.RESIDUAL, TAGS.RESIDUAL_BLOCKS)
 
     def __init__(self, model: nn.Module, blocks: bool | Sequence[str | nn.Module]) -> None:
         if blocks is True:
@@ -60,12 +72,15 @@ class ResidualFlow:
             names = []
         else:
             names = list(resolve_layers(model, list(blocks)))
+        self.model = model
         self.blocks = names
         self._modules = [model.get_submodule(name) for name in names]
         self._norms: dict[int, list[Tensor]] = {}
 
-    def register(self, hooks: HookSet) -> None:
-        """Add this step's hooks to ``hooks`` (removed with them)."""
+    def start(self, run: RunWriter, *, resumed: bool) -> None:
+        run.set_meta(TAGS.RESIDUAL_BLOCKS, self.blocks)
+
+    def arm(self, hooks: HookSet) -> None:
         self._norms = {}
         for index, block in enumerate(self._modules):
             end = _branch_end(block)
@@ -74,14 +89,17 @@ class ResidualFlow:
             else:
                 self._register_torchvision(hooks, index, block, end)
 
-    def read(self, device: torch.device) -> Tensor:
-        """``(blocks,)`` ratios ‖F(x)‖ / ‖skip(x)‖ of the measured step (NaN for a block that did not run)."""
+    def measure(self) -> Mapping[str, Tensor]:
+        device = model_device(self.model)
         ratios = [
             (norms[0] / norms[1]).float() if len(norms) == 2 else torch.full((), float("nan"), device=device)
             for norms in (self._norms.get(i, []) for i in range(len(self._modules)))
         ]
         self._norms = {}
-        return torch.stack([r.to(device) for r in ratios]) if ratios else torch.empty(0, device=device)
+        return {TAGS.RESIDUAL: torch.stack([r.to(device) for r in ratios]) if ratios else torch.empty(0, device=device)}
+
+    def nonfinite(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        return bool(np.isinf(arrays[TAGS.RESIDUAL]).any())  # NaN: a block that did not run
 
     def _keep(self, index: int, slot: int, value: Tensor) -> None:
         norms = self._norms.setdefault(index, [torch.empty(0), torch.empty(0)])

@@ -1,0 +1,49 @@
+"""Tag and meta-key names of a recorded run: the one vocabulary of the Recorder's probes and of their readers.
+
+Writers (the probes) and readers (report, export, dashboard) import the same constants, and this
+module imports nothing, so the readers stay free of torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TAGS"]
+
+
+class TAGS:
+    """Tag names the Recorder writes; the report reads the same constants."""
+
+    LOSS = "train/loss"
+    TRAIN_METRIC = "train/{name}"
+    EVAL_METRIC = "eval/{name}"
+    EVAL_LOSS = "eval/loss"  # rec.eval_step({"loss": ...})
+    STEP_TIME = "train/step_time_s"
+    LR = "train/lr"  # one group; "train/lr/{i}" for several
+    SAMPLES_PER_S = "train/samples_per_s"
+    ACCURACY = "probe/accuracy"
+    BALANCED_ACCURACY = "probe/balanced_accuracy"
+    PROBE_INPUTS = "probe/inputs"
+    PROBE_LABELS = "probe/labels"
+    PROBE_OUTPUT = "probe/output"
+    PROBE_PRED = "probe/pred"
+    REPR = "repr/{layer}"
+    GRID_SCORE = "input/grid_score"
+    # run-level meta keys
+    MAJORITY_BASELINE = "probe/majority_baseline"
+    CLASS_NAMES = "probe/class_names"
+    LAYERS = "repr/layers"
+    PROJECTION = "repr/projection"  # "repr/projection/{layer}"
+    POOLING = "repr/pooling"  # "repr/pooling/{layer}"
+    GRID_EXTENT = "input/grid_extent"
+    EVERY = "recorder/every"
+    SNAPSHOT_EVERY = "recorder/snapshot_every"
+    PROBES = "recorder/probes"  # names of the probes that recorded the run
+    HEALTH = "health/values"  # (statistics, layers) table per recorded step
+    HEALTH_LAYERS = "health/layers"
+    HEALTH_STATISTICS = "health/statistics"
+    HEALTH_ACTIVATION_LAYERS = "health/activation_layers"  # the watched activation modules (dead units live there)
+    RESIDUAL = "health/residual"  # (blocks,) ‖F(x)‖ / ‖skip(x)‖ per recorded step
+    RESIDUAL_BLOCKS = "health/residual_blocks"
+    HEALTH_NONFINITE = "health/first_nonfinite_step"
+    DISTRIBUTIONS = "health/distributions"  # (layers, 2, summary): output and weight summaries per recorded step
+    HISTOGRAM_BINS = "health/histogram_bins"
+    QUANTILE_LEVELS = "health/quantile_levels"
