@@ -3,18 +3,17 @@
 Run: python bench/bench_recorder.py [--steps 200] [--repeats 3] [--only SUBSTRING,...]
 
 The issue's setting: 4 × Conv3×3 (3-32-64-128-128, strides 1/2/2/2) + ReLU, global average pool,
-Linear(128, 10), SGD momentum 0.9, batches of 64 images 3 × 32 × 32, 200 steps. Every variant has
-its own model, optimiser and recorder, and the variants take their training steps *in turn*, one
-step each per round in a random order: on a shared VM the machine's speed drifts by ±20 % within
-seconds, far more than the effects measured here, and step-by-step interleaving makes every
-variant see the same drift. A variant's cost is the sum of its step times (first 10 excluded)
-plus the CPU time of the background threads it started (the run store's writer, TensorBoard's
-event writer), charged to it in full; the printed ratio is that cost over the mean cost of three
-identical plain loops, the median over the repeats (range in brackets). The plain loops' own
-ratios show the noise floor: even identical loops differ by a few per cent within one repeat
-(each model's memory placement), which is why every repeat builds every variant afresh. Variants:
+Linear(128, 10), SGD momentum 0.9, batches of 64 images 3 × 32 × 32, 200 steps. Each variant runs
+next to two plain loops, each with its own model and optimiser, and the three take their training
+steps *in turn*, one step each per round in a random order: on a shared VM the machine's speed
+drifts by ±20 % within seconds, far more than the effects measured here, and step-by-step
+interleaving makes the three see the same drift. A variant's cost is the sum of its step times
+(first 10 excluded) plus the CPU time of the background threads it started (the run store's
+writer, TensorBoard's event writer), charged to it in full; the printed ratio is that cost over
+the two plain loops' mean, the median over the repeats (range in brackets). The last row, the
+second plain loop over the first, is the noise floor: identical loops differ by a few per cent
+(each model's memory placement), which is why every group is built afresh. Variants:
 
-- plain (three identical controls): the loop alone;
 - plain + probe forward every 10: the loop and a bare ``no_grad`` forward over the 256-image probe
   set every 10 steps — the floor of any probe-set snapshot;
 - deepscope, default every 10: ``Recorder(model, run_dir)``: the loss every step, layer health of
@@ -55,10 +54,10 @@ def make_cnn() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
 
 
-PLAINS = ("plain", "plain (control 2)", "plain (control 3)")  # identical loops: the reference and the noise floor
+CONTROLS = ("plain", "plain, second control: its ratio to the first is the noise floor")
 # variant -> Recorder keyword arguments (None: no Recorder)
 RECORDERS: dict[str, dict | None] = {
-    **dict.fromkeys(PLAINS),
+    **dict.fromkeys(CONTROLS),
     "plain + probe forward every 10": None,
     "deepscope, default every 10": {},
     "deepscope, default + probe snapshots every 10": {"snapshots": True},
@@ -155,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", help="comma-separated substrings: run the variants that contain one (and plain)")
+    parser.add_argument("--only", help="comma-separated substrings: run the variants that contain one")
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     data = (
@@ -163,7 +162,7 @@ def main() -> None:
         [torch.randint(0, 10, (64,), generator=g) for _ in range(8)],
     )
     probe = (torch.randn(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g))
-    variants = list(RECORDERS)
+    variants = [v for v in RECORDERS if v not in CONTROLS]
     try:
         import tensorboard  # noqa: F401
 
@@ -172,22 +171,26 @@ def main() -> None:
         print("(tensorboard is not installed: its rows are skipped)")
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
-        variants = [v for v in variants if v in PLAINS or any(w in v for w in wanted)]
-    columns: dict[str, list[tuple[float, ...]]] = {v: [] for v in variants}  # (ratio, mean, background, in_step)
+        variants = [v for v in variants if any(w in v for w in wanted)]
+    columns: dict[str, list[tuple[float, ...]]] = {v: [] for v in [*variants, CONTROLS[1]]}
     order = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            result = run_interleaved(variants, args.steps, data, probe, Path(tmp) / str(repeat), order)
-            plain = statistics.mean(mean + background for v, (mean, background, _) in result.items() if v in PLAINS)
-            for variant, (mean, background, in_step) in result.items():
+            for variant in order.sample(variants, len(variants)):
+                group = [variant, *CONTROLS]
+                result = run_interleaved(group, args.steps, data, probe, Path(tmp) / f"{repeat}-{variant}", order)
+                (mean, background, in_step), *controls = (result[v] for v in group)
+                plain = statistics.mean(m + b for m, b, _ in controls)
                 columns[variant].append(((mean + background) / plain, mean, background, in_step))
+                first, second = (m + b for m, b, _ in controls)
+                columns[CONTROLS[1]].append((second / first, controls[1][0], controls[1][1], 0.0))
     print(
         f"recorder overhead: 4-conv CNN, SGD momentum, batch 64 of 3x32x32, {args.steps} steps, "
-        f"{torch.get_num_threads()} threads, {len(variants)} variants interleaved step by step; "
+        f"{torch.get_num_threads()} threads; each variant interleaved step by step with two plain loops; "
         f"ratio = (step time + background threads' CPU) / the plain loops', median of {args.repeats} (range)"
     )
     print(f"  {'variant':<50} {'step':>9} {'background':>11} {'in rec.step':>12}   ratio")
-    for variant in variants:
+    for variant in [*variants, CONTROLS[1]]:
         ratios, means, backgrounds, in_steps = zip(*columns[variant], strict=True)
         print(
             f"  {variant:<50} {statistics.median(means) * 1e3:6.2f} ms {statistics.median(backgrounds) * 1e3:8.2f} ms "

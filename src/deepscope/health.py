@@ -131,6 +131,7 @@ class LayerHealth(Probe):
         self._owner = [j for j, params in enumerate(self._params) for _ in params]  # the layer of each parameter
         self._raw: dict[int, tuple[Tensor, int, int]] = {}  # layer -> (raw sums (6,), values seen, dead denominator)
         self._before: list[Tensor] | None = None
+        self._before_norms: list[Tensor] = []
         self._mask = np.zeros((len(STATISTICS), len(self.layers)), dtype=bool)  # measured values of the last step
         self._activation_layout: tuple[Any, Any] | None = None  # (key, constants), rebuilt when the key changes
         self._parameter_layout: tuple[Any, Any] | None = None
@@ -142,8 +143,9 @@ class LayerHealth(Probe):
 
     def arm(self, hooks: HookSet) -> None:
         self._raw = {}
-        with torch.no_grad():
+        with torch.no_grad():  # the weights before the step (a copy for the length of one step) and their norms
             self._before = [p.detach().clone() for p in self._flat]
+            self._before_norms = torch._foreach_norm(self._before) if self._before else []
         for index, module in enumerate(self.modules):
             hooks.forward(module, self._make_hook(index))
 
@@ -222,8 +224,10 @@ class LayerHealth(Probe):
         weights = [p.detach() for p in self._flat]
         tensors = [p.grad for p in self._flat if p.grad is not None] + weights
         if self._before is not None:
-            tensors += [*torch._foreach_sub(weights, self._before), *self._before]
-        squares = torch.stack(torch._foreach_norm(tensors)).float().square()
+            torch._foreach_sub_(self._before, weights)  # the copies become the moves, in place
+            tensors += self._before
+        norms = torch._foreach_norm(tensors)
+        squares = torch.stack([*norms, *(self._before_norms if self._before is not None else ())]).float().square()
         sums = torch.zeros(4 * layers, device=device).index_add_(0, index, squares)
         norms = torch.where(present, sums.sqrt(), torch.nan).view(4, layers)  # gradients, weights, moves, old weights
         self._mask[len(ACTIVATION_STATISTICS) :] = mask
