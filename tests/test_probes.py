@@ -80,8 +80,7 @@ def test_every_probe_round_trips_through_a_run_store(recorded, name):
 
 
 def test_the_run_lists_its_probes(tmp_path, recorded):
-    recorder, written = recorded
-    assert TAGS.PROBES in written
+    assert TAGS.PROBES in recorded[1]
     with Recorder(_model(), tmp_path / "plain") as rec:
         names = [p.name for p in rec.probes]
     with RunReader(tmp_path / "plain") as reader:
