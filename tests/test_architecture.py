@@ -37,6 +37,15 @@ LAYERS = {
     "recorder": 3,
     "probes": 3,
     "_probe": 3,
+    "_diagnosis": 3,
+    "_checks_training": 3,
+    "_checks_layers": 3,
+    "_checks_data": 3,
+    "diagnostics": 3,
+    "_hashing": 1,
+    "_finding_plots": 4,
+    "_report_findings": 4,
+    "_report_page": 4,
     "integrations": 3,
     "health": 3,
     "residual": 3,
@@ -106,7 +115,9 @@ def test_imports_point_down(path):
         assert _layer(target) <= allowed, f"{module} (layer {own}) imports {target} (layer {_layer(target)})"
 
 
-@pytest.mark.parametrize("module", ["deepscope.store", "deepscope.report", "deepscope.plots", "deepscope.errors"])
+@pytest.mark.parametrize(
+    "module", ["deepscope.store", "deepscope.report", "deepscope.plots", "deepscope.errors", "deepscope.diagnostics"]
+)
 def test_torch_free_modules(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -141,3 +141,10 @@ def test_digits_demo_shows_vanishing_gradients_next_to_a_healthy_cnn(tmp_path):
         ratios = reader.tensors("health/residual")[1]
         assert all(np.isfinite(r).all() and (r > 0).all() for r in ratios)
     assert "Validation curves (Recorder.eval_step)" in result.report.read_text()
+    from deepscope.diagnostics import stored_findings
+
+    serious = {run.name: {f.check for f in stored_findings(run) if f.severity != "info"} for run in result.runs}
+    assert serious["cnn"] == set()
+    assert {"vanishing_gradients", "underfitting"} <= serious["sigmoid-mlp"]
+    html = result.report.read_text()
+    assert "Diagnosis" in html and "vanishing gradients: ‖∇fc1‖ / ‖∇head‖" in html

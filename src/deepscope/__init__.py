@@ -23,6 +23,8 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 # public name -> module that defines it (loaded lazily, STYLE principle 15)
 _EXPORTS = {
     "Recorder": "deepscope.recorder",
+    "doctor": "deepscope.diagnostics",
+    "Finding": "deepscope.diagnostics",
     "explain": "deepscope.attribution",
     "compare": "deepscope.attribution",
     "AttributionMap": "deepscope.attribution",
@@ -41,7 +43,7 @@ _EXPORTS = {
 }
 
 # sub-packages reachable as attributes, e.g. ``ds.attribution.smooth``, ``ds.datasets.shapes``
-_SUBMODULES = ("attribution", "datasets", "demos", "plots", "probes", "report", "store")
+_SUBMODULES = ("attribution", "datasets", "demos", "diagnostics", "plots", "probes", "report", "store")
 
 __all__ = ["__version__", *sorted(_EXPORTS), *_SUBMODULES]
 

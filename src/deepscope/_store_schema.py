@@ -8,8 +8,10 @@ library and numpy only; never torch.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from deepscope.errors import SchemaVersionError
 
 __all__ = [
     "BLOB_DIR",
+    "FINDING_INSERT",
     "SCHEMA_DDL",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -31,6 +34,7 @@ __all__ = [
     "Series",
     "check_schema",
     "decode_inline",
+    "finding_row",
     "store_path",
     "tensor_header",
     "to_json",
@@ -131,6 +135,33 @@ def to_json(value: Any, what: str) -> str:
         return json.dumps(value, default=_json_default)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{what} must be JSON-serialisable (dicts, lists, str, numbers, numpy values): {err}") from None
+
+
+def finding_row(
+    check: str,
+    severity: str,
+    title: str,
+    evidence: dict,
+    step_start: int | None,
+    step_end: int | None,
+    actions: Iterable[str],
+) -> tuple:
+    """One ``findings`` row (without its id): text columns, JSON evidence and actions, integer steps."""
+    return (
+        str(check),
+        str(severity),
+        str(title),
+        to_json(dict(evidence), "finding evidence"),
+        None if step_start is None else operator.index(step_start),
+        None if step_end is None else operator.index(step_end),
+        to_json([str(a) for a in actions], "finding actions"),
+    )
+
+
+FINDING_INSERT = (
+    "INSERT INTO findings (check_name, severity, title, evidence, step_start, step_end, actions) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def tensor_header(arr: np.ndarray) -> tuple[str, str]:

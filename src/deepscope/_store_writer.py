@@ -36,11 +36,13 @@ from numpy.typing import ArrayLike
 from deepscope._store_lock import WriterLock
 from deepscope._store_schema import (
     BLOB_DIR,
+    FINDING_INSERT,
     SCHEMA_DDL,
     SCHEMA_VERSION,
     STATUSES,
     RunLocation,
     check_schema,
+    finding_row,
     store_path,
     tensor_header,
     to_json,
@@ -337,15 +339,7 @@ class RunWriter(RunLocation):
         actions: Iterable[str] = (),
     ) -> None:
         """Buffer a diagnostic finding; ``evidence`` must be JSON-serialisable (numpy values are converted)."""
-        row = (
-            str(check),
-            str(severity),
-            str(title),
-            to_json(dict(evidence), "finding evidence"),
-            None if step_start is None else operator.index(step_start),
-            None if step_end is None else operator.index(step_end),
-            to_json([str(a) for a in actions], "finding actions"),
-        )
+        row = finding_row(check, severity, title, evidence, step_start, step_end, actions)
         with self._cond:
             self._check_open()
             self._batch.findings.append(row)
@@ -491,11 +485,7 @@ class RunWriter(RunLocation):
             conn.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?)", batch.scalars)
             conn.executemany("INSERT INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?)", tensor_rows)
             conn.executemany("INSERT INTO media VALUES (?, ?, ?, ?, ?)", [m[:5] for m in batch.media])
-            conn.executemany(
-                "INSERT INTO findings (check_name, severity, title, evidence, step_start, step_end, actions) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                batch.findings,
-            )
+            conn.executemany(FINDING_INSERT, batch.findings)
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", batch.meta.items())
             if batch.status is not None:
                 conn.execute("UPDATE runs SET status = ?", (batch.status,))

@@ -47,3 +47,4 @@ class TAGS:
     DISTRIBUTIONS = "health/distributions"  # (layers, 2, summary): output and weight summaries per recorded step
     HISTOGRAM_BINS = "health/histogram_bins"
     QUANTILE_LEVELS = "health/quantile_levels"
+    DOCTOR_CHECKS = "doctor/checks"  # the checks whose findings the run holds (deepscope.diagnostics.doctor)

@@ -93,6 +93,39 @@ def report(
     _console().print(f"report: {path.resolve()}")
 
 
+@app.command()
+def doctor(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs.")],
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Store the findings in each run (the report shows them).")
+    ] = True,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option("--threshold", help="Change a threshold, e.g. --threshold dead_share=0.3 (repeatable)."),
+    ] = None,
+    check: Annotated[
+        list[str] | None, typer.Option("--check", help="Run only this check (repeatable); default: all.")
+    ] = None,
+) -> None:
+    """Diagnose recorded runs: ranked findings with their evidence; exit status 1 if one is an error."""
+    from deepscope.diagnostics import doctor as diagnose
+    from deepscope.store import find_runs
+
+    limits = {key: float(value) for key, value in _parse_settings(threshold or []).items()}
+    console = _console()
+    counts = {"error": 0, "warning": 0, "info": 0}
+    for run in find_runs(run_dir):
+        findings = diagnose(run, thresholds=limits, checks=check or None, record=record)
+        console.print(f"run {run}: {len(findings) or 'no'} finding{'s' if len(findings) != 1 else ''}")
+        if findings:
+            _print_findings(findings)
+        for finding in findings:
+            counts[finding.severity] += 1
+    console.print(", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in counts.items()))
+    if counts["error"]:
+        raise typer.Exit(code=1)
+
+
 @app.command("export-tensorboard")
 def export_tensorboard(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs.")],
@@ -326,6 +359,20 @@ def _print_layers(infos: list, *, with_shapes: bool) -> None:
     _console().print(table)
 
 
+def _print_findings(findings: list) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("severity", "check", "finding", "steps", "try next"):
+        table.add_column(column, overflow="fold")
+    for finding in findings:
+        steps = "" if finding.step_start is None else f"{finding.step_start}-{finding.step_end}"
+        table.add_row(
+            finding.severity, finding.check, finding.title, steps, finding.actions[0] if finding.actions else ""
+        )
+    _console().print(table)
+
+
 def _parse_settings(items: list[str]) -> dict[str, str]:
     pairs = [item.partition("=") for item in items]
     bad = [item for item, (key, sep, _) in zip(items, pairs, strict=True) if not sep or not key.strip()]
@@ -347,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = (sys.argv[1:] if argv is None else argv) or ["--help"]
     try:
-        app(args=args, prog_name="deepscope", standalone_mode=False)
+        status = app(args=args, prog_name="deepscope", standalone_mode=False)  # an Exit's code is returned
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:
@@ -362,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         typer.echo(f"error: {message}", err=True)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,12 +8,10 @@ are escaped by Jinja's autoescaping.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +20,9 @@ import numpy as np
 from deepscope import plots
 from deepscope._format import cell
 from deepscope._progress import track
+from deepscope._report_findings import findings_section
+from deepscope._report_page import Figure, Section, write_page
+from deepscope._report_page import slug as _slug
 from deepscope._tags import TAGS
 from deepscope.projection import PROJECTIONS, Projection, project_frames
 from deepscope.store import RunReader, find_runs
@@ -30,28 +31,6 @@ __all__ = ["Figure", "Section", "build_report", "write_page"]
 
 _ATTR = "attribution"  # tags written by deepscope.attribution.compare.Comparison.record
 _MAX_PANELS = 4  # runs shown side by side in one animation
-_MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
-
-
-@dataclass(frozen=True)
-class Figure:
-    """An image (PNG/GIF) inlined in a page, with its caption and optional files offered beside the page."""
-
-    path: Path
-    caption: str
-    downloads: tuple[Path, ...] = ()
-
-
-@dataclass(frozen=True)
-class Section:
-    """One titled block of a page: paragraphs (escaped), an optional table (first row = header), figures."""
-
-    anchor: str
-    title: str
-    paragraphs: tuple[str, ...]  # trusted static text written here, escaped anyway
-    figures: tuple[Figure, ...] = ()
-    table: tuple[tuple[str, ...], ...] = ()  # first row is the header
-    notes: tuple[str, ...] = field(default=())
 
 
 def build_report(
@@ -191,8 +170,10 @@ def _accuracy(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
         if TAGS.ACCURACY not in reader.scalar_tags():
             continue
         acc = reader.scalars(TAGS.ACCURACY)
-        bal = reader.scalars(TAGS.BALANCED_ACCURACY)
-        curves.append((reader.info.name, acc.steps, {"accuracy": acc.values, "balanced accuracy": bal.values}))
+        series = {"accuracy": acc.values}
+        if TAGS.BALANCED_ACCURACY in reader.scalar_tags():  # runs written by other tools may lack it
+            series["balanced accuracy"] = reader.scalars(TAGS.BALANCED_ACCURACY).values
+        curves.append((reader.info.name, acc.steps, series))
     if not curves:
         return None
     baseline = readers[0].meta().get(TAGS.MAJORITY_BASELINE)
@@ -539,6 +520,7 @@ def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> Section:
 
 _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | None]] = [
     _overview,
+    findings_section,
     _task,
     _accuracy,
     _loss,
@@ -610,41 +592,3 @@ def _pick(paths: Sequence[Path], suffix: str) -> Path:
 
 def _downloads(paths: Sequence[Path]) -> tuple[Path, ...]:
     return tuple(p for p in paths if p.suffix in (".mp4", ".gif"))
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text) or "root"
-
-
-def _data_uri(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"data:{_MIME[path.suffix]};base64,{data}"
-
-
-def write_page(
-    out_file: str | os.PathLike[str], title: str, sections: Sequence[Section], run_dirs: Sequence[Path] = ()
-) -> Path:
-    """Render ``sections`` into one self-contained HTML file (images inlined, strings escaped), atomically."""
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(_render(title, sections, run_dirs, out.parent), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
-
-
-def _render(title: str, sections: Sequence[Section], run_dirs: Sequence[Path], base: Path) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    env = Environment(loader=PackageLoader("deepscope", "templates"), autoescape=select_autoescape(default=True))
-    env.filters["data_uri"] = _data_uri
-    from deepscope import __version__
-
-    return env.get_template("report.html").render(
-        title=title,
-        sections=sections,
-        runs=[str(d) for d in run_dirs],
-        version=__version__,
-        generated=datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        relative=lambda p: os.path.relpath(p, base),
-    )

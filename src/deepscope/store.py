@@ -31,15 +31,17 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from deepscope._store_lock import LOCK_FILENAME, writer_alive
+from deepscope._store_lock import LOCK_FILENAME, WriterLock, writer_alive
 from deepscope._store_schema import (
     BLOB_DIR,
+    FINDING_INSERT,
     SCHEMA_VERSION,
     STORE_FILENAME,
     FindingRecord,
@@ -49,7 +51,9 @@ from deepscope._store_schema import (
     Series,
     check_schema,
     decode_inline,
+    finding_row,
     store_path,
+    to_json,
 )
 from deepscope._store_writer import RunWriter
 from deepscope.errors import RunLockedError, SchemaVersionError, UnknownNameError
@@ -65,6 +69,7 @@ __all__ = [
     "Series",
     "delete_run",
     "find_runs",
+    "replace_findings",
 ]
 
 
@@ -302,6 +307,61 @@ def find_runs(path: str | os.PathLike) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no deepscope run ({STORE_FILENAME}) in {root} or up to 3 folders below it")
     return sorted(found)
+
+
+def replace_findings(
+    run_dir: str | os.PathLike,
+    findings: Iterable[Mapping[str, Any]],
+    *,
+    check: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> int:
+    """Replace the findings stored in a finished run (all of them, or those of one ``check``) in one transaction.
+
+    Each finding is a mapping of :meth:`RunWriter.add_finding`'s arguments; ``meta`` values are set
+    in the same transaction (e.g. which checks ran). The run's status and everything else are left
+    as they are. Returns how many findings were written.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no run.
+        RunLockedError: a live writer is recording the run (write findings from it with ``add_finding``).
+    """
+    root, store = store_path(run_dir)
+    if not store.is_file():
+        raise FileNotFoundError(f"no deepscope run ({STORE_FILENAME}) in {root}")
+    rows = [
+        finding_row(
+            f["check"],
+            f["severity"],
+            f["title"],
+            f["evidence"],
+            f.get("step_start"),
+            f.get("step_end"),
+            f.get("actions", ()),
+        )
+        for f in findings
+    ]
+    lock = WriterLock(root)
+    try:
+        conn = sqlite3.connect(store, isolation_level=None, timeout=30.0)
+        try:
+            check_schema(conn, store)
+            conn.execute("BEGIN IMMEDIATE")
+            if check is None:
+                conn.execute("DELETE FROM findings")
+            else:
+                conn.execute("DELETE FROM findings WHERE check_name = ?", (check,))
+            conn.executemany(FINDING_INSERT, rows)
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(key, to_json(value, f"meta value {key!r}")) for key, value in (meta or {}).items()],
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+    finally:
+        lock.release()
+    return len(rows)
 
 
 def delete_run(run_dir: str | os.PathLike) -> bool:

@@ -2,7 +2,8 @@
 
 Demos register a ``record(out_dir, *, quick, overrides) -> tuple[Path, ...]`` function in
 :data:`deepscope.registry.DEMOS`. :func:`run_demo` runs one (``deepscope demo toy2d``) or the whole
-tour (``deepscope demo``) and writes the HTML report.
+tour (``deepscope demo``), diagnoses every recorded training (:func:`deepscope.diagnostics.doctor`)
+and writes the HTML report. :mod:`deepscope.demos.clinic` holds the doctor's test cases.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def run_demo(
         quick: much shorter runs, for smoke tests.
         overrides: demo settings as text (``{"lr": "0.1"}``); only with a named demo.
     """
+    from deepscope.diagnostics import doctor
     from deepscope.report import build_report
 
     out = Path(out_dir)
@@ -60,5 +62,17 @@ def run_demo(
     runs: list[Path] = []
     for demo in names:
         runs.extend(DEMOS.get(demo)(out / demo, quick=quick, overrides=overrides))
+    for run in runs:  # every recorded training gets its diagnosis, shown in the report
+        if _trained(run):
+            doctor(run)
     title = "deepscope tour" if name == TOUR else f"deepscope demo: {name}"
     return DemoResult(out_dir=root, report=build_report(root, title=title), runs=tuple(runs))
+
+
+def _trained(run: Path) -> bool:
+    """Whether the run recorded a training loss (attribution runs do not)."""
+    from deepscope._tags import TAGS
+    from deepscope.store import RunReader
+
+    with RunReader(run) as reader:
+        return TAGS.LOSS in reader.scalar_tags()

@@ -28,7 +28,7 @@ from deepscope.demos._common import apply_overrides, clear_runs
 from deepscope.recorder import Recorder
 from deepscope.registry import DEMOS
 
-__all__ = ["DigitsConfig", "ResidualBlock", "make_cnn", "make_sigmoid_mlp", "record"]
+__all__ = ["DigitsConfig", "ResidualBlock", "make_cnn", "make_sigmoid_mlp", "record", "split", "train"]
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
 
@@ -99,7 +99,8 @@ def make_sigmoid_mlp(seed: int, depth: int = 8) -> nn.Module:
         return nn.Sequential(layers)
 
 
-def _train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, data: tuple[Tensor, ...]) -> Path:
+def train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, data: tuple[Tensor, ...]) -> Path:
+    """Train ``model`` on ``data`` (see :func:`split`) with SGD and momentum, recorded into ``run_dir``."""
     x_train, y_train, x_probe, y_probe = data
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     generator = torch.Generator().manual_seed(config.seed)
@@ -133,7 +134,7 @@ def _train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, dat
     return run_dir
 
 
-def _split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """1500 training digits and 297 held out, shuffled with ``seed``."""
     images, labels = digits(size=16)
     images = (images - images.mean()) / images.std()  # zero-mean inputs: fewer ReLUs dead from the start
@@ -150,8 +151,8 @@ def record(
     config = apply_overrides(DigitsConfig(epochs=2, every=15) if quick else DigitsConfig(), overrides or {})
     out = Path(out_dir)
     clear_runs(out)
-    data = _split(config.seed)
+    data = split(config.seed)
     return (
-        _train(make_cnn(config.seed), out / "cnn", "healthy CNN", config, data),
-        _train(make_sigmoid_mlp(config.seed, config.depth), out / "sigmoid-mlp", "deep sigmoid MLP", config, data),
+        train(make_cnn(config.seed), out / "cnn", "healthy CNN", config, data),
+        train(make_sigmoid_mlp(config.seed, config.depth), out / "sigmoid-mlp", "deep sigmoid MLP", config, data),
     )

@@ -1,0 +1,79 @@
+"""The HTML page of a report: sections of escaped text, tables and inlined figures, written atomically.
+
+Layer 4. :mod:`deepscope.report` builds the sections from run stores; the CLI's explain page uses
+the same page. Every string is escaped by the template (autoescape); images are inlined as data
+URIs, so the page is one self-contained file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["Figure", "Section", "slug", "write_page"]
+
+_MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An image (PNG/GIF) inlined in a page, with its caption and optional files offered beside the page."""
+
+    path: Path
+    caption: str
+    downloads: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Section:
+    """One titled block of a page: paragraphs (escaped), an optional table (first row = header), figures."""
+
+    anchor: str
+    title: str
+    paragraphs: tuple[str, ...]  # trusted static text written here, escaped anyway
+    figures: tuple[Figure, ...] = ()
+    table: tuple[tuple[str, ...], ...] = ()  # first row is the header
+    notes: tuple[str, ...] = field(default=())
+
+
+def slug(text: str) -> str:
+    """``text`` with every character that is not a letter or digit replaced by ``_`` (an anchor, a file name)."""
+    return "".join(c if c.isalnum() else "_" for c in text) or "root"
+
+
+def _data_uri(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"data:{_MIME[path.suffix]};base64,{data}"
+
+
+def write_page(
+    out_file: str | os.PathLike[str], title: str, sections: Sequence[Section], run_dirs: Sequence[Path] = ()
+) -> Path:
+    """Render ``sections`` into one self-contained HTML file (images inlined, strings escaped), atomically."""
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(_render(title, sections, run_dirs, out.parent), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _render(title: str, sections: Sequence[Section], run_dirs: Sequence[Path], base: Path) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("deepscope", "templates"), autoescape=select_autoescape(default=True))
+    env.filters["data_uri"] = _data_uri
+    from deepscope import __version__
+
+    return env.get_template("report.html").render(
+        title=title,
+        sections=sections,
+        runs=[str(d) for d in run_dirs],
+        version=__version__,
+        generated=datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        relative=lambda p: os.path.relpath(p, base),
+    )

@@ -1,0 +1,36 @@
+"""The doctor on the clinic: each broken training is found by its check, no healthy one gets a warning."""
+
+import pytest
+
+from deepscope.demos.clinic import CASES, record_case
+from deepscope.diagnostics import CHECKS, doctor
+
+
+@pytest.fixture(scope="module")
+def diagnosed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clinic")
+    results = {}
+    for case in CASES:
+        run, datasets = record_case(case.name, out)
+        results[case.name] = doctor(run, datasets=datasets or None)
+    return results
+
+
+def test_the_clinic_has_enough_cases():
+    broken = {c.expected for c in CASES if c.expected is not None}
+    assert len(broken) >= 8 and sum(c.expected is None for c in CASES) >= 3
+    assert broken <= set(CHECKS.names())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_each_case_is_diagnosed_as_intended(diagnosed, case):
+    serious = {f.check: f.severity for f in diagnosed[case.name] if f.severity != "info"}
+    if case.expected is None:
+        assert serious == {}, f"a healthy run got {serious}"
+    else:
+        assert case.expected in serious, f"{case.name}: {case.expected} did not fire; got {serious}"
+
+
+def test_unknown_cases_list_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="cases: healthy CNN"):
+        record_case("healthy RNN", tmp_path)
