@@ -46,6 +46,7 @@ LAYERS = {
     "_finding_plots": 4,
     "_report_findings": 4,
     "_report_page": 4,
+    "_report_attribution": 4,
     "integrations": 3,
     "health": 3,
     "residual": 3,

@@ -34,3 +34,10 @@ def test_each_case_is_diagnosed_as_intended(diagnosed, case):
 def test_unknown_cases_list_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match="cases: healthy CNN"):
         record_case("healthy RNN", tmp_path)
+
+
+def test_cleanlab_agrees_with_the_suspicious_labels(diagnosed):
+    pytest.importorskip("cleanlab")  # a test extra: under CI=true a skip fails the run
+    finding = next(f for f in diagnosed["label noise"] if f.check == "label_noise")
+    assert finding.evidence["confirmed_by_cleanlab"] >= 0.8
+    assert finding.evidence["share"] > 0.05 and len(finding.evidence["examples"]) == 20

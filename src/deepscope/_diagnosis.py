@@ -90,7 +90,7 @@ class Thresholds:
     """Layer statistics are judged on the last half of the measured steps (the network after its first moves)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EvidencePlot:
     """A plot of a finding's evidence, as data: drawn by the report and the notebook display.
 
@@ -132,7 +132,7 @@ class EvidencePlot:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     """One diagnosis: how bad, what was seen (the numbers and steps), a plot of it, and what to try next."""
 

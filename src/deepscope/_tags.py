@@ -47,4 +47,5 @@ class TAGS:
     DISTRIBUTIONS = "health/distributions"  # (layers, 2, summary): output and weight summaries per recorded step
     HISTOGRAM_BINS = "health/histogram_bins"
     QUANTILE_LEVELS = "health/quantile_levels"
+    ATTRIBUTION = "attribution"  # prefix of every tag and meta key written by Comparison.record
     DOCTOR_CHECKS = "doctor/checks"  # the checks whose findings the run holds (deepscope.diagnostics.doctor)

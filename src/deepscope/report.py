@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from deepscope import plots
-from deepscope._format import cell
 from deepscope._progress import track
+from deepscope._report_attribution import attribution_sections
 from deepscope._report_findings import findings_section
 from deepscope._report_page import Figure, Section, write_page
 from deepscope._report_page import slug as _slug
@@ -29,7 +29,6 @@ from deepscope.store import RunReader, find_runs
 
 __all__ = ["Figure", "Section", "build_report", "write_page"]
 
-_ATTR = "attribution"  # tags written by deepscope.attribution.compare.Comparison.record
 _MAX_PANELS = 4  # runs shown side by side in one animation
 
 
@@ -113,7 +112,7 @@ def _overview(readers: Sequence[RunReader], fig_dir: Path) -> Section:
         steps = reader.scalars(TAGS.LOSS).steps if trained else np.array([])
         accuracy = reader.scalars(TAGS.ACCURACY).values if TAGS.ACCURACY in scalar_tags else np.array([])
         baseline = meta.get(TAGS.MAJORITY_BASELINE)
-        methods = meta.get(f"{_ATTR}/methods") or []
+        methods = meta.get(f"{TAGS.ATTRIBUTION}/methods") or []
         contents = [
             c for c in ("training" if trained else "", f"{len(methods)} attribution method(s)" * bool(methods)) if c
         ]
@@ -412,101 +411,6 @@ def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
     )
 
 
-def _attribution(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
-    sections = []
-    for reader in readers:
-        meta = reader.meta()
-        methods = meta.get(f"{_ATTR}/methods")
-        if not methods:
-            continue
-        images = reader.tensor(f"{_ATTR}/images", 0).astype(np.float32)
-        rows = []
-        for method in methods:
-            maps = reader.tensor(f"{_ATTR}/{method}/maps", 0).astype(np.float32)
-            notes = _attribution_notes(reader, method, maps.shape[0])
-            rows.append(plots.MapRow(method, maps, signed=bool(meta.get(f"{_ATTR}/{method}/signed")), notes=notes))
-        slug = _slug(reader.info.name)
-        png = plots.attribution_grid(
-            images,
-            rows,
-            fig_dir / f"attribution_{slug}.png",
-            titles=meta.get(f"{_ATTR}/captions") or (),
-            title=f"Attribution maps · {reader.info.name}",
-        )
-        figures = [Figure(png, "Attribution maps; under each map its per-image scores.")]
-        sanity = _sanity_figure(reader, methods, fig_dir / f"sanity_{slug}.png")
-        if sanity is not None:
-            figures.append(sanity)
-        table = meta.get(f"{_ATTR}/table") or []
-        columns = [
-            c
-            for c in ("method", "deletion_auc", "insertion_auc", "pointing_game", "energy_in_mask", "sanity", "seconds")
-            if any(row.get(c) is not None for row in table)
-        ]
-        cells = [tuple(columns)] + [tuple(cell(row.get(c)) for c in columns) for row in table]
-        notes = meta.get(f"{_ATTR}/notes") or {}
-        sections.append(
-            Section(
-                f"attribution-{slug}",
-                f"Why did the model predict this? ({reader.info.name})",
-                (
-                    "Each row is one explanation method, each column one input; maps are scaled per image "
-                    "(non-negative maps min–max on inferno; signed maps blue < 0 < red, clipped at the 99th "
-                    "percentile of |map|, transparent where 0).",
-                    "Which map to trust: " + "; ".join(_METRIC_HELP[c] for c in columns if c in _METRIC_HELP) + ".",
-                    *(str(v) for v in notes.values()),
-                ),
-                figures=tuple(figures),
-                table=tuple(cells),
-            )
-        )
-    return sections
-
-
-_METRIC_HELP = {
-    "deletion_auc": "deletion AUC (lower is better) measures how fast the class probability falls when the map's "
-    "top pixels are removed first",
-    "insertion_auc": "insertion AUC (higher is better) how fast it recovers when they are pasted onto a blurred image",
-    "pointing_game": "the pointing game is the share of images whose map maximum falls on the object",
-    "energy_in_mask": "energy-in-mask the share of positive attribution on the object",
-    "sanity": "the sanity check randomises the weights layer by layer from the output down — a map that does not "
-    "change is not explaining the model (Adebayo et al. 2018)",
-}
-
-
-def _sanity_figure(reader: RunReader, methods: Sequence[str], out_png: Path) -> Figure | None:
-    """Similarity-vs-randomised-layers curves of the methods that went through the sanity check."""
-    meta, tags = reader.meta(), set(reader.tensor_tags())
-    curves, setting = [], None
-    for method in methods:
-        check = meta.get(f"{_ATTR}/{method}/sanity")
-        tag = f"{_ATTR}/{method}/sanity/{check['measure']}" if check else None
-        if check is None or tag not in tags:
-            continue
-        setting = setting or check
-        similarity = np.nanmean(reader.tensor(tag, 0).astype(np.float64), axis=1)  # (L,) mean over images
-        curves.append(plots.SanityCurve(method, check["layers"], similarity, bool(check["passed"])))
-    if not curves or setting is None:
-        return None
-    path = plots.sanity_curves(curves, out_png, measure=setting["measure"], threshold=float(setting["threshold"]))
-    return Figure(path, "Sanity check (Adebayo et al. 2018): similarity of each map to the intact model's map.")
-
-
-def _attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
-    tags = set(reader.tensor_tags())
-    parts: list[list[str]] = [[] for _ in range(n)]
-    for metric, short in (("deletion_auc", "del"), ("insertion_auc", "ins")):
-        tag = f"{_ATTR}/{method}/{metric}"
-        if tag in tags:
-            for i, value in enumerate(reader.tensor(tag, 0)):
-                parts[i].append(f"{short} {value:.2f}")
-    tag = f"{_ATTR}/{method}/pointing_game"
-    if tag in tags:
-        for i, value in enumerate(reader.tensor(tag, 0)):
-            parts[i].append("hit" if value else "miss")
-    return [" · ".join(p) for p in parts]
-
-
 def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> Section:
     rows: list[tuple[str, ...]] = [("run", "run id", "created (UTC)", "versions")]
     for reader in readers:
@@ -527,7 +431,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     _representation,
     _decision,
     _health,
-    _attribution,
+    attribution_sections,
     _provenance,
 ]
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope._format import cell
+from deepscope._tags import TAGS
 from deepscope.attribution import metrics as _metrics
 from deepscope.attribution.base import explain
 from deepscope.attribution.result import AttributionMap
@@ -30,7 +31,7 @@ __all__ = ["METRICS", "Comparison", "compare"]
 
 METRICS = ("deletion", "insertion", "pointing_game", "energy_in_mask", "sanity")
 DEFAULT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "gradcam", "occlusion")
-TAG = "attribution"  # prefix of every store tag and meta key written by Comparison.record
+TAG = TAGS.ATTRIBUTION  # prefix of every store tag and meta key written by Comparison.record
 
 
 @dataclass(frozen=True)
