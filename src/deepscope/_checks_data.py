@@ -42,6 +42,8 @@ def class_imbalance(run: RunView, limits: Thresholds) -> list[Finding]:
                 [str(n) for n in names],
                 prior.tolist(),
                 references=[("uniform", 1 / len(prior))],
+                x_label="class",
+                y_limits=(0.0, 1.0),
             ),
         )
     ]
@@ -78,6 +80,7 @@ def leakage(run: RunView, limits: Thresholds) -> list[Finding]:
                 [f"{a} ∩ {b}" for a, b in shared],
                 [count for count, _ in shared.values()],
                 label=f"{total} shared",
+                x_label="pair of splits",
             ),
         )
     ]

@@ -366,10 +366,11 @@ def bars_plot(
     log_y: bool = False,
     label: str = "",
     y_limits: tuple[float, float] | None = None,
+    x_label: str = "layer",
 ) -> EvidencePlot:
     """An :class:`EvidencePlot` of one bar per name."""
     series = ((label, tuple(names), tuple(float(v) for v in values)),)
-    return EvidencePlot("bars", title, "layer", y_label, series, tuple(references), log_y, None, y_limits)
+    return EvidencePlot("bars", title, x_label, y_label, series, tuple(references), log_y, None, y_limits)
 
 
 def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[tuple[Any, ...], tuple[float, ...]]:

@@ -5,8 +5,9 @@ on the seed article's 2-D task, with one thing done wrong, and names the doctor 
 find it. ``bench/doctor.py`` runs them all and prints which checks fired on which case; the tests
 assert that each failure is found by its check and that no healthy case gets a warning.
 
-Failure modes (check expected): learning rate far too high (``divergence``), far too low
-(``plateau``), ReLUs killed by a very negative bias at initialisation (``dead_units``), a deep
+Failure modes (check expected): learning rate far too high (``divergence``), too high
+(``loss_spikes``), far too low (``plateau``), a hand-written ``log(softmax(x))`` that reaches
+``log(0)`` (``non_finite``), ReLUs killed by a very negative bias at initialisation (``dead_units``), a deep
 sigmoid stack (``vanishing_gradients``), a big network on 100 training images (``overfitting``),
 40 % of the labels shuffled (``label_noise``), a validation split that copies training images
 (``leakage``), a 90/10 task learnt by a network that cannot see its input (``underfitting``) and
@@ -61,6 +62,7 @@ class _Setup:
     probe_from_train: bool = False
     leak: float = 0.0  # share of the validation split copied from the training split
     seed: int = 0
+    naive_log_softmax: bool = False  # log(softmax(x)) by hand: -inf once a probability underflows to 0
     recorder: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,7 +120,11 @@ def _train_setup(run_dir: Path, setup: _Setup) -> dict[str, Any]:
             order = torch.randperm(len(x_train), generator=generator)
             for i in range(steps):
                 index = order[i * setup.batch_size : (i + 1) * setup.batch_size]
-                loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+                logits = model(x_train[index])
+                if setup.naive_log_softmax:
+                    loss = nn.functional.nll_loss(torch.log(torch.softmax(logits, dim=1)), y_train[index])
+                else:
+                    loss = nn.functional.cross_entropy(logits, y_train[index])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -202,6 +208,18 @@ CASES: tuple[Case, ...] = (
         "divergence",
         "the ReLU MLP with Adam at lr 1",
         _setup_case(lambda: _Setup(_mlp((64, 128, 10)), lr=1.0, optimizer="adam")),
+    ),
+    Case(
+        "learning rate high",
+        "loss_spikes",
+        "the ReLU MLP with SGD at lr 1.5",
+        _setup_case(lambda: _Setup(_mlp((64, 128, 10)), lr=1.5)),
+    ),
+    Case(
+        "NaN from log(softmax)",
+        "non_finite",
+        "the loss written log(softmax(x)) by hand, Adam at lr 0.1: a probability underflows to 0",
+        _setup_case(lambda: _Setup(_mlp((64, 128, 10)), lr=0.1, optimizer="adam", naive_log_softmax=True)),
     ),
     Case(
         "learning rate too low",
