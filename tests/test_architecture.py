@@ -43,6 +43,7 @@ LAYERS = {
     "_checks_data": 3,
     "diagnostics": 3,
     "_hashing": 1,
+    "receptive": 1,
     "_finding_plots": 4,
     "_report_findings": 4,
     "_report_page": 4,

@@ -1,0 +1,229 @@
+"""Exact receptive fields: which input pixels a unit of a spatial layer can see, computed from the network.
+
+The receptive field of unit ``(i, j)`` of a layer is the set of input pixels its value depends on
+through the network's structure (not through its current weights). deepscope measures it rather
+than guessing it from layer names: on a float64 copy of the model whose convolution and linear
+weights are averaging filters (``1 / fan_in``) and whose biases are zero, with normalisation layers
+made the identity and max-pooling replaced by average pooling over the same windows, every path
+from an input pixel to the unit carries a positive gradient, so the support of ``∂unit/∂input``
+on an all-ones input is exactly the receptive field — padding, stride, dilation, pooling and
+branches (residual additions, concatenations) included. The user's model is not touched.
+
+Convolutional geometry is translation-equivariant, so one measurement on a canvas large enough
+for an interior unit gives the size, the jump between neighbouring units and the offset of unit
+``(0, 0)``; :meth:`ReceptiveField.box` then places any unit, clipped to the image. The formula is
+checked against a measured corner unit, and a layer whose geometry is not a regular grid raises.
+
+Example:
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3))
+    >>> rf = receptive_field(net, "2", (1, 16, 16))
+    >>> rf.size, rf.jump, rf.start
+    ((8, 8), (2, 2), (-1, -1))
+    >>> rf.box(0, 0, (16, 16))  # (top, left, bottom, right), bottom/right exclusive
+    (0, 0, 7, 7)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from deepscope.hooks import HookSet, first_tensor
+from deepscope.layers import LayerSpec, resolve_layer
+
+__all__ = ["ReceptiveField", "receptive_field"]
+
+_MAX_CANVAS = 4096  # the largest input side tried when a unit's field does not fit
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """The receptive field geometry of a spatial layer: unit ``(i, j)`` sees rows ``start + i·jump`` onwards.
+
+    Attributes:
+        layer: the layer's dotted name.
+        size: ``(height, width)`` of one unit's field in input pixels (before clipping to the image).
+        jump: input pixels between neighbouring units (the accumulated stride).
+        start: input coordinates of the top-left corner of unit ``(0, 0)``'s field; negative when it
+            reaches into the padding.
+    """
+
+    layer: str
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[int, int]
+
+    def box(self, i: int, j: int, image_size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` of unit ``(i, j)``'s field (bottom/right exclusive), clipped to the image."""
+        top, left = self.start[0] + i * self.jump[0], self.start[1] + j * self.jump[1]
+        bottom, right = top + self.size[0], left + self.size[1]
+        if image_size is not None:
+            top, left = max(top, 0), max(left, 0)
+            bottom, right = min(bottom, image_size[0]), min(right, image_size[1])
+        return top, left, bottom, right
+
+
+def receptive_field(model: nn.Module, layer: LayerSpec, input_shape: Sequence[int]) -> ReceptiveField:
+    """Measure the receptive field of ``layer`` (a module with ``(N, C, H, W)`` output) for inputs ``(C, H, W)``.
+
+    Args:
+        model: the network (not modified: the measurement runs on a float64 copy).
+        layer: dotted name or module of a layer with a spatial output.
+        input_shape: ``(C, H, W)`` of one input; the canvas grows beyond it when a unit's field is larger.
+
+    Raises:
+        ValueError: the layer's output is not a spatial map, or its geometry is not a regular grid.
+    """
+    name, _ = resolve_layer(model, layer)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+    probe = _geometry_copy(model)
+    target = probe.get_submodule(name)
+    channels, height, width = (int(v) for v in input_shape)
+    canvas = (height, width)
+    while True:
+        grid = _grid(probe, target, (channels, *canvas))
+        center = (grid[0] // 2, grid[1] // 2)
+        box = _measured_box(probe, target, (channels, *canvas), center)
+        clipped = box[0] == 0 or box[1] == 0 or box[2] == canvas[0] or box[3] == canvas[1]
+        if not clipped or max(canvas) >= _MAX_CANVAS:
+            break
+        canvas = (min(2 * canvas[0] + 1, _MAX_CANVAS), min(2 * canvas[1] + 1, _MAX_CANVAS))
+    if clipped:
+        raise ValueError(f"the receptive field of {name!r} is wider than a {_MAX_CANVAS}-pixel canvas")
+    if grid[0] < 2 or grid[1] < 2:
+        raise ValueError(f"layer {name!r} has a {grid[0]}×{grid[1]} output: no grid of units to place")
+    step = (min(center[0] + 1, grid[0] - 1), min(center[1] + 1, grid[1] - 1))
+    other = _measured_box(probe, target, (channels, *canvas), step)
+    jump = (other[0] - box[0]) // max(step[0] - center[0], 1), (other[1] - box[1]) // max(step[1] - center[1], 1)
+    size = (box[2] - box[0], box[3] - box[1])
+    start = (box[0] - center[0] * jump[0], box[1] - center[1] * jump[1])
+    field = ReceptiveField(name, size, jump, start)
+    corner = _measured_box(probe, target, (channels, *canvas), (0, 0))
+    if field.box(0, 0, canvas) != corner:
+        raise ValueError(
+            f"layer {name!r} does not see its input on a regular grid (unit (0, 0) sees {corner}, the grid "
+            f"predicts {field.box(0, 0, canvas)}); receptive fields are defined for convolutional stacks"
+        )
+    return field
+
+
+class _Stop(Exception):
+    """Raised by the hook on the target layer: nothing after it needs to run."""
+
+    def __init__(self, output: Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+
+_NORMALISATIONS = frozenset({"batch_norm", "group_norm", "layer_norm", "instance_norm", "rms_norm"})
+
+
+class _PoolAsAverage(TorchFunctionMode):
+    """Max-pooling becomes average pooling over the same windows, so every position of a window gets gradient.
+
+    Normalisation functions become the identity: they would make values negative, and ReLUs would cut paths.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.startswith("max_pool"):
+            return _average_pool(*args, with_indices=name.endswith("with_indices"), **kwargs)
+        if name.startswith("adaptive_max_pool"):
+            x = args[0]
+            out = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[x.ndim - 2](x, args[1])
+            return (out, torch.zeros_like(out, dtype=torch.long)) if name.endswith("with_indices") else out
+        if name in _NORMALISATIONS:
+            return args[0]
+        return func(*args, **kwargs)
+
+
+def _average_pool(
+    x: Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+    *,
+    with_indices: bool = False,
+) -> Any:
+    if any(d != 1 for d in _tuple(dilation)):
+        raise ValueError("receptive fields through dilated max-pooling are not supported")
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.ndim - 2]
+    out = pool(x, kernel_size, stride if stride else kernel_size, padding, ceil_mode, count_include_pad=False)
+    return (out, torch.zeros_like(out, dtype=torch.long)) if (return_indices or with_indices) else out
+
+
+def _tuple(value: Any) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value),)
+
+
+def _geometry_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy in eval mode: averaging weights, zero biases, identity normalisation statistics."""
+    probe = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for module in probe.modules():
+            for name, parameter in module.named_parameters(recurse=False):
+                if name == "weight" and parameter.ndim >= 2:
+                    parameter.fill_(1.0 / parameter[0].numel())
+                elif name == "weight":
+                    parameter.fill_(1.0)
+                else:
+                    parameter.zero_()
+            for name, buffer in module.named_buffers(recurse=False):
+                if name == "running_mean":
+                    buffer.zero_()
+                elif name == "running_var":
+                    buffer.fill_(1.0)
+    for parameter in probe.parameters():
+        parameter.requires_grad_(False)
+    return probe
+
+
+def _layer_output(probe: nn.Module, target: nn.Module, x: Tensor) -> Tensor:
+    def stop(_module: nn.Module, _args: Any, output: Any) -> None:
+        tensor = first_tensor(output)
+        if tensor is not None:
+            raise _Stop(tensor)
+
+    with HookSet() as hooks, _PoolAsAverage():
+        hooks.forward(target, stop)
+        try:
+            probe(x)
+        except _Stop as done:
+            return done.output
+    raise ValueError("the layer was not called during the forward pass")
+
+
+def _grid(probe: nn.Module, target: nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
+    with torch.no_grad():
+        output = _layer_output(probe, target, torch.ones(1, *shape, dtype=torch.float64))
+    if output.ndim != 4:
+        raise ValueError(f"receptive fields need a spatial layer output (N, C, H, W), got {tuple(output.shape)}")
+    return int(output.shape[2]), int(output.shape[3])
+
+
+def _measured_box(
+    probe: nn.Module, target: nn.Module, shape: tuple[int, int, int], unit: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The clipped box of input pixels with a non-zero gradient of unit ``(0, :, i, j)`` (all channels summed)."""
+    x = torch.ones(1, *shape, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        output = _layer_output(probe, target, x)
+        (grad,) = torch.autograd.grad(output[0, :, unit[0], unit[1]].sum(), x)
+    support = grad[0].abs().sum(0) > 0  # (H, W)
+    rows, cols = torch.nonzero(support.any(1)).flatten(), torch.nonzero(support.any(0)).flatten()
+    if not len(rows):
+        raise ValueError("no input pixel reaches the unit: is the layer connected to the input?")
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1

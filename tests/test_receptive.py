@@ -1,0 +1,75 @@
+"""Receptive fields measured from the network match hand-computed convolution arithmetic."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from deepscope.receptive import receptive_field
+
+
+def _arithmetic(layers):
+    """Size, jump and start of a plain stack from (kernel, stride, padding, dilation) per layer."""
+    size, jump, start = 1, 1, 0
+    for kernel, stride, padding, dilation in layers:
+        span = dilation * (kernel - 1) + 1
+        size += (span - 1) * jump
+        start -= padding * jump
+        jump *= stride
+    return size, jump, start
+
+
+@pytest.mark.parametrize(
+    ("modules", "geometry"),
+    [
+        ([nn.Conv2d(1, 4, 3, padding=1)], [(3, 1, 1, 1)]),
+        ([nn.Conv2d(1, 4, 5, stride=2, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 3)], [(5, 2, 2, 1), (3, 1, 0, 1)]),
+        ([nn.Conv2d(1, 4, 3, dilation=2, padding=2), nn.Conv2d(4, 4, 3, stride=2)], [(3, 1, 2, 2), (3, 2, 0, 1)]),
+        (
+            [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1),
+             nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(8, 8, 1)],
+            [(3, 1, 1, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 0, 1)],
+        ),
+        ([nn.Conv2d(1, 4, 3), nn.AvgPool2d(3, stride=3), nn.Conv2d(4, 4, 2, stride=2)], [(3, 1, 0, 1), (3, 3, 0, 1), (2, 2, 0, 1)]),
+    ],
+)  # fmt: skip
+def test_plain_stacks_match_the_arithmetic(modules, geometry):
+    torch.manual_seed(0)
+    net = nn.Sequential(*modules)
+    rf = receptive_field(net, str(len(modules) - 1), (1, 24, 24))
+    size, jump, start = _arithmetic(geometry)
+    assert rf.size == (size, size) and rf.jump == (jump, jump) and rf.start == (start, start)
+
+
+def test_branches_take_the_widest_path_of_a_resnet():
+    model = torchvision.models.resnet18(weights=None)
+    layer1 = receptive_field(model, "layer1", (3, 64, 64))
+    layer2 = receptive_field(model, "layer2", (3, 64, 64))
+    assert (layer1.size, layer1.jump, layer1.start) == ((43, 43), (4, 4), (-21, -21))  # conv1, pool, 4 convs
+    assert (layer2.size, layer2.jump, layer2.start) == ((99, 99), (8, 8), (-49, -49))  # the downsample is narrower
+    assert layer2.box(0, 0, (64, 64)) == (0, 0, 50, 50)  # clipped to the image
+    assert layer2.box(3, 2, None) == (-49 + 24, -49 + 16, -49 + 24 + 99, -49 + 16 + 99)
+
+
+def test_rectangular_fields_and_the_model_is_untouched():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, (3, 5), stride=(1, 2), padding=(1, 2)), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rf = receptive_field(net, "2", (3, 20, 30))
+    assert rf.size == (5, 9) and rf.jump == (1, 2) and rf.start == (-1, -2)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert next(net.parameters()).dtype == torch.float32 and net.training
+
+
+def test_fields_wider_than_the_input_grow_the_canvas():
+    net = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=1) for _ in range(12)])  # 25 pixels wide
+    rf = receptive_field(net, "11", (1, 8, 8))
+    assert rf.size == (25, 25) and rf.start == (-12, -12) and rf.box(4, 4, (8, 8)) == (0, 0, 8, 8)
+
+
+def test_layers_without_a_grid_are_refused():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    with pytest.raises(ValueError, match="spatial layer output"):
+        receptive_field(net, "2", (1, 8, 8))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        receptive_field(net, "0", (8, 8))
