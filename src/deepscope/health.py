@@ -46,7 +46,7 @@ from deepscope._probe import Probe, register
 from deepscope._store_writer import RunWriter
 from deepscope._tags import TAGS
 from deepscope.hooks import HookSet, first_tensor
-from deepscope.layers import model_device, resolve_layers
+from deepscope.layers import ACTIVATIONS, activation_bounds, model_device, resolve_layers
 
 __all__ = ["ACTIVATIONS", "STATISTICS", "Distributions", "LayerHealth", "default_health_layers", "select_layers"]
 
@@ -54,18 +54,6 @@ ACTIVATION_STATISTICS = ("act_mean", "act_std", "act_zero", "dead_channels", "sa
 PARAMETER_STATISTICS = ("grad_norm", "weight_norm", "update_ratio")
 STATISTICS = ACTIVATION_STATISTICS + PARAMETER_STATISTICS
 
-ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign,
-)  # fmt: skip
-"""Activation modules watched by default (functional activations inside ``forward`` are invisible to hooks)."""
-
-_BOUNDS: dict[type[nn.Module], tuple[float, float]] = {
-    nn.Sigmoid: (0.0, 1.0),
-    nn.Tanh: (-1.0, 1.0),
-    nn.Hardsigmoid: (0.0, 1.0),
-    nn.ReLU6: (0.0, 6.0),
-}
 _SATURATION_MARGIN = 0.01  # share of the range counted as "at the bound"
 _SAMPLE = 1 << 17  # about how many values of one output the moments and shares are computed on
 
@@ -124,7 +112,7 @@ class LayerHealth(Probe):
         self.layers = list(layers)
         self.modules = [model.get_submodule(name) for name in self.layers]
         self._params = [list(m.parameters(recurse=False)) for m in self.modules]
-        self._bounds = [_bounds_of(m) for m in self.modules]
+        self._bounds = [activation_bounds(m) for m in self.modules]
         self._units = [isinstance(m, ACTIVATIONS) for m in self.modules]
         self.activation_layers = [n for n, unit in zip(self.layers, self._units, strict=True) if unit]
         self._flat = [p for params in self._params for p in params]
@@ -307,12 +295,6 @@ class Distributions(Probe):
                 self._outputs[index] = summarise(_sample(tensor.detach()), self.bins)
 
         return hook
-
-
-def _bounds_of(module: nn.Module) -> tuple[float, float] | None:
-    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
-        return float(module.min_val), float(module.max_val)
-    return next((b for kind, b in _BOUNDS.items() if isinstance(module, kind)), None)
 
 
 def _raw_statistics(

@@ -30,8 +30,10 @@ from deepscope.guard import preserved
 from deepscope.hooks import HookSet, first_tensor
 
 __all__ = [
+    "ACTIVATIONS",
     "LayerInfo",
     "LayerSpec",
+    "activation_bounds",
     "guess_spatial_layer",
     "layer_names",
     "list_layers",
@@ -42,6 +44,26 @@ __all__ = [
 
 LayerSpec = str | nn.Module
 """A layer given by its dotted ``named_modules()`` path or as the module object."""
+
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign,
+)  # fmt: skip
+"""Activation modules watched by default (functional activations inside ``forward`` are invisible to hooks)."""
+
+_BOUNDS: dict[type[nn.Module], tuple[float, float]] = {
+    nn.Sigmoid: (0.0, 1.0),
+    nn.Tanh: (-1.0, 1.0),
+    nn.Hardsigmoid: (0.0, 1.0),
+    nn.ReLU6: (0.0, 6.0),
+}
+
+
+def activation_bounds(module: nn.Module) -> tuple[float, float] | None:
+    """The output range of a bounded activation module (sigmoid, tanh, hardtanh, ReLU6…), else None."""
+    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
+        return float(module.min_val), float(module.max_val)
+    return next((b for kind, b in _BOUNDS.items() if isinstance(module, kind)), None)
 
 
 def _check_model(model: Any) -> None:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from deepscope.hooks import HookSet, first_tensor
+from deepscope._forward import forward_until
 from deepscope.layers import LayerSpec, resolve_layer
 
 __all__ = ["ReceptiveField", "receptive_field"]
@@ -116,14 +116,6 @@ def receptive_field(model: nn.Module, layer: LayerSpec, input_shape: Sequence[in
     return field
 
 
-class _Stop(Exception):
-    """Raised by the hook on the target layer: nothing after it needs to run."""
-
-    def __init__(self, output: Tensor) -> None:
-        super().__init__()
-        self.output = output
-
-
 _NORMALISATIONS = frozenset({"batch_norm", "group_norm", "layer_norm", "instance_norm", "rms_norm"})
 
 
@@ -192,18 +184,8 @@ def _geometry_copy(model: nn.Module) -> nn.Module:
 
 
 def _layer_output(probe: nn.Module, target: nn.Module, x: Tensor) -> Tensor:
-    def stop(_module: nn.Module, _args: Any, output: Any) -> None:
-        tensor = first_tensor(output)
-        if tensor is not None:
-            raise _Stop(tensor)
-
-    with HookSet() as hooks, _PoolAsAverage():
-        hooks.forward(target, stop)
-        try:
-            probe(x)
-        except _Stop as done:
-            return done.output
-    raise ValueError("the layer was not called during the forward pass")
+    with _PoolAsAverage():
+        return forward_until(probe, {"layer": target}, x)["layer"]
 
 
 def _grid(probe: nn.Module, target: nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
