@@ -27,11 +27,15 @@ $(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp
 	$(PIP) install -q $(CONSTRAINTS) -e .
 	touch $@
 
+$(VENV)/.demo-stamp: pyproject.toml $(VENV)/.base-stamp
+	$(PIP) install -q $(CONSTRAINTS) -e '.[vision]'
+	touch $@
+
 $(VENV)/.test-stamp: pyproject.toml $(VENV)/.base-stamp
 	$(PIP) install -q $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.base-stamp
+demo: $(VENV)/.demo-stamp
 	$(BIN)/deepscope demo --out $(OUT)
 
 test: $(VENV)/.test-stamp

@@ -43,6 +43,7 @@ def test_streaming_statistics_equal_the_full_batch(images):
     expected = ((values <= 0.01) | (values >= 0.99)).double().mean(1)
     torch.testing.assert_close(stats.layers["5"].saturation, expected)
     torch.testing.assert_close(s.example, relu[3])
+    assert s.sampled == relu.numel()  # small outputs: every value in the histogram
     assert int(s.histogram.sum()) + s.below + s.above == relu.numel()  # nothing lost outside the range
     loader = DataLoader(TensorDataset(images, torch.zeros(37)), batch_size=8)
     torch.testing.assert_close(activations(model, loader, "2").layers["2"].mean, s.mean)

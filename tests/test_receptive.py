@@ -26,11 +26,14 @@ def _arithmetic(layers):
         ([nn.Conv2d(1, 4, 5, stride=2, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 3)], [(5, 2, 2, 1), (3, 1, 0, 1)]),
         ([nn.Conv2d(1, 4, 3, dilation=2, padding=2), nn.Conv2d(4, 4, 3, stride=2)], [(3, 1, 2, 2), (3, 2, 0, 1)]),
         (
-            [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1),
-             nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(8, 8, 1)],
+            [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+             nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(8, 8, 1)],
             [(3, 1, 1, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 0, 1)],
         ),
-        ([nn.Conv2d(1, 4, 3), nn.AvgPool2d(3, stride=3), nn.Conv2d(4, 4, 2, stride=2)], [(3, 1, 0, 1), (3, 3, 0, 1), (2, 2, 0, 1)]),
+        (
+            [nn.Conv2d(1, 4, 3), nn.AvgPool2d(3, stride=3), nn.Conv2d(4, 4, 2, stride=2)],
+            [(3, 1, 0, 1), (3, 3, 0, 1), (2, 2, 0, 1)],
+        ),
     ],
 )  # fmt: skip
 def test_plain_stacks_match_the_arithmetic(modules, geometry):

@@ -48,4 +48,5 @@ class TAGS:
     HISTOGRAM_BINS = "health/histogram_bins"
     QUANTILE_LEVELS = "health/quantile_levels"
     ATTRIBUTION = "attribution"  # prefix of every tag and meta key written by Comparison.record
+    LAYER_VIEWS = "layers"  # prefix of every tag and meta key written by LayerInspection.record
     DOCTOR_CHECKS = "doctor/checks"  # the checks whose findings the run holds (deepscope.diagnostics.doctor)

@@ -35,15 +35,18 @@ from deepscope.repro import library_versions
 __all__ = ["ActivationStats", "ChannelStats", "TopActivations", "activations", "top_activations"]
 
 _SATURATION_MARGIN = 0.01  # share of a bounded activation's range counted as "at the bound"
+_HISTOGRAM_SAMPLE = 1 << 17  # about how many values of each batch the histogram counts (whole inputs, evenly spaced)
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelStats:
     """Per-channel statistics of one layer over a dataset, ``(C,)`` float64 tensors on the CPU.
 
-    ``saturation`` is NaN for unbounded activations; ``histogram`` counts all values of the layer in
+    ``saturation`` is NaN for unbounded activations. ``histogram`` counts the layer's values in
     ``bins`` equal buckets between ``edges[0]`` and ``edges[-1]`` (the range of the first batch,
-    widened by half on each side); ``below``/``above`` count the values outside it (nothing is dropped).
+    widened by half on each side) on evenly spaced whole inputs of each batch, about 131,072 values
+    per batch (every value for smaller outputs; ``sampled`` says how many); ``below`` and ``above``
+    count the sampled values outside the range, so nothing is dropped unseen. Everything else is exact.
     """
 
     layer: str
@@ -58,6 +61,7 @@ class ChannelStats:
     edges: Tensor
     below: int
     above: int
+    sampled: int
     example: Tensor  # (C, H, W) or (C,): the layer's output for the example input
 
 
@@ -248,31 +252,40 @@ class _Moments:
         margin = 0.5 * (high - low) or 1.0
         self.edges = torch.linspace(low - margin, high + margin, bins + 1, dtype=torch.float64)
         self.histogram = torch.zeros(bins, dtype=torch.float64, device=first.device)
-        self.below = self.above = 0
+        self.below = self.above = self.sampled = 0
+        self.shift: Tensor | None = None
         self.example: Tensor | None = None
 
     def add(self, output: Tensor) -> None:
-        x = output.detach().transpose(0, 1).reshape(output.shape[1], -1)  # (C, values)
-        n = x.shape[1]
-        batch_mean = x.mean(1, dtype=torch.float64)
-        batch_m2 = (x.double() - batch_mean[:, None]).square().sum(1)
-        total = self.count + n
+        x = output.detach().float()
+        dims = (0, *range(2, x.ndim))  # every dim but the channels
+        view = (1, -1, *([1] * (x.ndim - 2)))
+        if self.shift is None:  # sums around the first batch's channel means: no cancellation when mean >> std
+            self.shift = x.mean(dims)
+        d = x - self.shift.view(view)
+        n = x.numel() // x.shape[1]
+        total, squares = d.sum(dims).double(), (d * d).sum(dims).double()
+        batch_mean = self.shift.double() + total / n
+        batch_m2 = (squares - total * total / n).clamp_min(0)
+        count = self.count + n
         delta = batch_mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += batch_m2 + delta.square() * (self.count * n / total)
-        self.count = total
-        self.min = torch.minimum(self.min, x.amin(1).double())
-        self.max = torch.maximum(self.max, x.amax(1).double())
-        self.zeros += (x == 0).sum(1)
+        self.mean += delta * (n / count)
+        self.m2 += batch_m2 + delta.square() * (self.count * n / count)
+        self.count = count
+        low_batch, high_batch = x.amin(dims), x.amax(dims)
+        self.min = torch.minimum(self.min, low_batch.double())
+        self.max = torch.maximum(self.max, high_batch.double())
+        self.zeros += n - x.sign().abs_().sum(dims).double()  # |sign| is 1 for every non-zero value
         if self.bounds is not None:
             low, high = self.bounds
             margin = _SATURATION_MARGIN * (high - low)
-            self.saturated += ((x <= low + margin) | (x >= high - margin)).sum(1)
+            self.saturated += ((x <= low + margin) | (x >= high - margin)).sum(dims)
+        sample = x[:: max(1, math.ceil(x.numel() / _HISTOGRAM_SAMPLE))] if x.ndim >= 2 else x
         low, high = float(self.edges[0]), float(self.edges[-1])
-        flat = x.reshape(-1)
-        self.below += int((flat < low).sum())
-        self.above += int((flat > high).sum())
-        self.histogram += torch.histc(flat.float(), bins=len(self.histogram), min=low, max=high).double()
+        self.histogram += torch.histc(sample, bins=len(self.histogram), min=low, max=high).double()
+        self.sampled += sample.numel()
+        self.below += int((sample < low).sum())
+        self.above += int((sample > high).sum())
 
     def result(self, name: str) -> ChannelStats:
         cpu = lambda t: t.cpu()  # noqa: E731
@@ -282,7 +295,7 @@ class _Moments:
         return ChannelStats(
             name, self.count, cpu(self.mean), cpu(variance.sqrt()), cpu(self.min), cpu(self.max),
             cpu(self.zeros / self.count), cpu(saturation), cpu(self.histogram), self.edges, self.below, self.above,
-            self.example,
+            self.sampled, self.example,
         )  # fmt: skip
 
 

@@ -94,6 +94,35 @@ def report(
 
 
 @app.command()
+def inspect(
+    model: _ModelArg,
+    images: _ImagesArg,
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="A spatial layer to inspect (repeatable).")],
+    channels: Annotated[
+        str | None, typer.Option(help="Channels whose top-k are shown, e.g. 0,3,7 (default: the first 8).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Images per channel (at most the number of images).")] = 9,
+    weights: _WeightsOpt = None,
+    trust_checkpoint: _TrustOpt = False,
+    size: _SizeOpt = 224,
+    no_normalize: _RawOpt = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run and its report.")] = Path("runs/inspect"),
+) -> None:
+    """What layers respond to over image files: filters, top-k patches with DeconvNet projections, statistics."""
+    from deepscope.inspection import inspect_layers
+    from deepscope.report import build_report
+
+    net, batch, _ = _prepare(model, images, weights, trust_checkpoint, size, no_normalize)
+    chosen = [int(c) for c in channels.split(",")] if channels else None
+    result = inspect_layers(net, batch, layer, channels=chosen, k=k, description=f"{len(images)} image files")
+    run = result.record(out / "layers", name=f"{model}: layers", overwrite=True)
+    console = _console()
+    for row in result.stats.table():
+        console.print("  ".join(f"{key}={cell(value)}" for key, value in row.items()))
+    console.print(f"run: {run.resolve()}\nreport: {build_report(out).resolve()}")
+
+
+@app.command()
 def doctor(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs.")],
     record: Annotated[

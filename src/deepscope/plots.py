@@ -38,6 +38,7 @@ import numpy as np
 from deepscope._attribution_plots import MapRow, SanityCurve, attribution_grid, overlay, sanity_curves
 from deepscope._decision_plots import decision_animation, decision_snapshots
 from deepscope._health_plots import HealthPanel, gradient_flow, health_heatmaps
+from deepscope._layer_plots import feature_map_grid, filter_grid, top_activation_grid
 from deepscope._media import (
     _FORMATS,
     _animate,
@@ -80,12 +81,15 @@ __all__ = [
     "attribution_grid",
     "decision_animation",
     "decision_snapshots",
+    "feature_map_grid",
+    "filter_grid",
     "gradient_flow",
     "health_heatmaps",
     "loss_curves",
     "overlay",
     "representation_animation",
     "sanity_curves",
+    "top_activation_grid",
     "toy_task_figure",
     "training_curves",
     "zscore",

@@ -1,12 +1,14 @@
-"""The attribution demo: a small CNN trained on synthetic shapes, explained by every method and scored.
+"""The shapes demo: a small CNN trained on synthetic shapes, explained by every method, scored, and inspected.
 
 The shapes come with pixel-exact object masks, so the pointing game and energy-in-mask have ground
-truth; deletion and insertion AUC and the sanity check say which maps follow the model.
+truth; deletion and insertion AUC and the sanity check say which maps follow the model. The layer
+views then show what its channels respond to, on held-out shapes and on crops of real photographs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,12 +17,15 @@ from pathlib import Path
 import torch
 
 from deepscope.attribution import ATTRIBUTIONS, compare
-from deepscope.datasets import shapes
+from deepscope.datasets import PHOTOS, sample_photos, shapes
 from deepscope.demos._common import apply_overrides, clear_runs
 from deepscope.demos.shapes_cnn import train_shapes_cnn
+from deepscope.inspection import inspect_layers
 from deepscope.registry import DEMOS
 
 __all__ = ["ShapesDemoConfig", "record"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class ShapesDemoConfig:
     seed: int = 0
     sanity: bool = True  # cascading randomisation for a few methods (Adebayo et al. 2018)
     curve_steps: int = 32  # points of the deletion and insertion curves
+    layers: bool = True  # layer views (filters, top-9 patches with DeconvNet projections) on shapes and photos
+    layer_images: int = 600  # held-out shapes streamed through the layer views
 
 
 # Cheap but faithful settings for the tour; users get the papers' defaults from explain().
@@ -60,7 +67,7 @@ def record(
 ) -> tuple[Path, ...]:
     """Train (or load from the cache) the shapes CNN, compare every method on held-out images, record the run."""
     config = apply_overrides(
-        ShapesDemoConfig(n_images=3, sanity=False) if quick else ShapesDemoConfig(), overrides or {}
+        ShapesDemoConfig(n_images=3, sanity=False, layer_images=200) if quick else ShapesDemoConfig(), overrides or {}
     )
     out = Path(out_dir)
     clear_runs(out)
@@ -93,4 +100,37 @@ def record(
         )
         sane = dataclasses.replace(sane, notes={"sanity": _SANITY_NOTE})
         runs.append(sane.record(out / "sanity", name="shapes CNN: sanity checks", overwrite=True))
+    if config.layers:
+        runs.extend(_layer_runs(model, out, config))
     return tuple(runs)
+
+
+_INSPECTED = ("features.relu2", "features.relu3")
+
+
+def _layer_runs(model: torch.nn.Module, out: Path, config: ShapesDemoConfig) -> list[Path]:
+    """The layer views on held-out shapes and, when scikit-image is installed, on crops of its photos."""
+    views = shapes(config.layer_images, seed=20_000 + config.seed)
+    on_shapes = inspect_layers(model, views.images, _INSPECTED, description="held-out synthetic shapes")
+    runs = [on_shapes.record(out / "layers-shapes", name="shapes CNN: layers on shapes", overwrite=True)]
+    crops = _photo_crops()
+    if crops is None:
+        logger.warning(
+            "scikit-image is not installed: the layer views on photos are skipped (pip install 'deepscope[vision]')"
+        )
+    else:
+        on_photos = inspect_layers(
+            model, crops, _INSPECTED, description="64-pixel crops of scikit-image's bundled photographs"
+        )
+        runs.append(on_photos.record(out / "layers-photos", name="shapes CNN: layers on photos", overwrite=True))
+    return runs
+
+
+def _photo_crops(size: int = 256, crop: int = 64) -> torch.Tensor | None:
+    """Non-overlapping ``crop``-pixel tiles of every bundled photo resized to ``size`` (None without scikit-image)."""
+    try:
+        photos = sample_photos(PHOTOS, size=size)  # (P, 3, size, size)
+    except ImportError:
+        return None
+    tiles = photos.unfold(2, crop, crop).unfold(3, crop, crop)  # (P, 3, n, n, crop, crop)
+    return tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, crop, crop).contiguous()

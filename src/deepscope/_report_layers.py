@@ -1,0 +1,92 @@
+"""The report's "Layers" sections: filters, top-k patches with projections, feature maps and per-layer statistics.
+
+Layer 4: reads what :meth:`deepscope.inspection.LayerInspection.record` stored (no torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from deepscope import plots
+from deepscope._format import cell
+from deepscope._report_page import Figure, Section, slug
+from deepscope._tags import TAGS
+from deepscope.store import RunReader
+
+__all__ = ["layer_sections"]
+
+_P = TAGS.LAYER_VIEWS
+_COLUMNS = ("layer", "channels", "mean", "std", "zero_fraction", "dead_channels", "saturation")
+
+
+def layer_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
+    """One section per run that holds layer views."""
+    sections = []
+    for reader in readers:
+        meta = reader.meta()
+        if f"{_P}/top" not in meta:
+            continue
+        name = slug(reader.info.name)
+        figures = []
+        if f"{_P}/filters" in meta:
+            spec = meta[f"{_P}/filters"]
+            png = plots.filter_grid(
+                reader.tensor(f"{_P}/filters", 0), fig_dir / f"filters_{name}.png",
+                normalize=spec["normalize"], title=f"Filters of {spec['layer']}",
+            )  # fmt: skip
+            figures.append(Figure(png, f"The filters of {spec['layer']} as image tiles (scale stated on the figure)."))
+        for layer in meta[f"{_P}/top"]:
+            base = f"{_P}/top/{layer}"
+            info = meta[base]
+            tags = set(reader.tensor_tags())
+            projections = reader.tensor(f"{base}/projections", 0) if f"{base}/projections" in tags else None
+            png = plots.top_activation_grid(
+                reader.tensor(f"{base}/patches", 0).astype(np.float32),
+                projections,
+                reader.tensor(f"{base}/inside", 0).astype(bool),
+                info["channels"],
+                reader.tensor(f"{base}/scores", 0),
+                fig_dir / f"top_{name}_{slug(layer)}.png",
+                title=f"{reader.info.name} · {layer}",
+            )
+            field = info["field"]
+            figures.append(
+                Figure(
+                    png,
+                    f"{layer}: the {info['k']} images that excite each channel most (spatial maximum, distinct "
+                    f"images); receptive field {field['size'][0]}×{field['size'][1]} px, one unit every "
+                    f"{field['jump'][0]} px.",
+                )
+            )
+        examples = [t for t in reader.tensor_tags() if t.startswith(f"{_P}/example/")]
+        for tag in examples[:2]:
+            maps = reader.tensor(tag, 0)
+            if maps.ndim == 3:
+                layer = tag.removeprefix(f"{_P}/example/")
+                png = plots.feature_map_grid(
+                    maps, fig_dir / f"maps_{name}_{slug(layer)}.png", title=f"{layer} on one input"
+                )
+                figures.append(Figure(png, f"The feature maps of {layer} for the first input."))
+        rows = meta.get(f"{_P}/stats") or []
+        table = (_COLUMNS, *[tuple(cell(row.get(c)) for c in _COLUMNS) for row in rows])
+        sections.append(
+            Section(
+                f"layers-{name}",
+                f"What the layers respond to ({reader.info.name})",
+                (
+                    f"Data: {meta.get(f'{_P}/description') or 'the given inputs'} ({meta.get(f'{_P}/images')} "
+                    "images), streamed once per view. Zeiler & Fergus (2014): for each channel, the inputs whose "
+                    "spatial maximum is largest, the input patch under the receptive field of that maximum unit "
+                    "(measured from the network) and the unit's DeconvNet projection (only that activation kept, "
+                    "unpooled through the max-pool switches, rectified, through transposed filters).",
+                    "Table: per layer, the means over its channels of the mean, std and share of zeros; dead "
+                    "channels never take a non-zero value on the data; saturation applies to bounded activations.",
+                ),
+                figures=tuple(figures),
+                table=table,
+            )
+        )
+    return sections

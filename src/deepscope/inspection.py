@@ -1,0 +1,106 @@
+"""One call for the layer views of a model on a dataset, recorded as a run the report draws.
+
+:func:`inspect_layers` gathers the first convolution's filters (:mod:`deepscope.filters`), the
+streamed statistics of the chosen layers (:func:`deepscope.activations.activations`) and, for each
+of them, the Zeiler–Fergus top-k with patches and DeconvNet projections
+(:func:`deepscope.activations.top_activations`). :meth:`LayerInspection.record` writes it all to a
+run store under the ``layers/`` tags; the report's "Layers" section reads them back (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from deepscope._tags import TAGS
+from deepscope.activations import ActivationStats, TopActivations, activations, top_activations
+from deepscope.filters import FilterBank, filters
+from deepscope.layers import LayerSpec, resolve_layers
+from deepscope.repro import library_versions
+from deepscope.store import RunWriter, delete_run
+
+__all__ = ["LayerInspection", "inspect_layers"]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInspection:
+    """Filters, per-channel statistics and top-k views of some layers on one dataset."""
+
+    filters: FilterBank | None
+    stats: ActivationStats
+    top: dict[str, TopActivations]
+    description: str = ""
+
+    def record(self, run_dir: str | os.PathLike[str], *, name: str = "layers", overwrite: bool = False) -> Path:
+        """Write everything into the run store at ``run_dir`` (``layers/`` tags); return the folder."""
+        path = Path(run_dir)
+        if overwrite:
+            delete_run(path)
+        prefix = TAGS.LAYER_VIEWS
+        with RunWriter(
+            path, name=name, config={"task": "layers", "data": self.description}, versions=library_versions()
+        ) as w:
+            w.set_meta(f"{prefix}/description", self.description)
+            if self.filters is not None:
+                w.set_meta(f"{prefix}/filters", {"layer": self.filters.layer, "normalize": self.filters.normalize})
+                w.add_tensor(f"{prefix}/filters", 0, self.filters.weights.numpy())
+            w.set_meta(f"{prefix}/stats", self.stats.table())
+            w.set_meta(f"{prefix}/images", self.stats.images)
+            for layer, stats in self.stats.layers.items():
+                w.add_tensor(f"{prefix}/example/{layer}", 0, stats.example.numpy())
+            w.set_meta(f"{prefix}/top", list(self.top))
+            for layer, top in self.top.items():
+                base = f"{prefix}/top/{layer}"
+                field = {"size": list(top.field.size), "jump": list(top.field.jump), "start": list(top.field.start)}
+                w.set_meta(base, {"field": field, "channels": top.channels.tolist(), "k": int(top.scores.shape[1])})
+                w.add_tensor(f"{base}/scores", 0, top.scores.numpy())
+                w.add_tensor(f"{base}/indices", 0, top.indices.numpy())
+                w.add_tensor(f"{base}/patches", 0, top.patches.numpy().astype(np.float16))
+                w.add_tensor(f"{base}/inside", 0, top.inside.numpy().astype(np.uint8))
+                if top.projections is not None:
+                    w.add_tensor(f"{base}/projections", 0, top.projections.numpy().astype(np.float32))
+        return path
+
+
+def inspect_layers(
+    model: nn.Module,
+    data: Any,
+    layers: LayerSpec | Sequence[LayerSpec],
+    *,
+    channels: Sequence[int] | Tensor | None = None,
+    k: int = 9,
+    batch_size: int = 256,
+    filters_layer: LayerSpec | None = None,
+    description: str = "",
+) -> LayerInspection:
+    """Filters of the first convolution (or ``filters_layer``), statistics and top-``k`` of each of ``layers``.
+
+    Args:
+        model: the network (left unchanged).
+        data: images as a tensor ``(N, C, H, W)``, a dataset or an unshuffled ``DataLoader``.
+        layers: the spatial layers to inspect.
+        channels: the channels of each layer whose top-k are computed (default: the first 8).
+        k: images per channel.
+        batch_size: inputs per forward pass.
+        filters_layer: the convolution whose filters are drawn (default: the first ``Conv2d``; None if there is none).
+        description: what the data is, for the report.
+    """
+    watched = resolve_layers(model, layers)
+    bank = filters(model, filters_layer) if filters_layer is not None or _has_conv(model) else None
+    stats = activations(model, data, list(watched), batch_size=batch_size)
+    top = {}
+    for name in watched:
+        count = int(stats.layers[name].mean.numel())
+        chosen = channels if channels is not None else list(range(min(8, count)))
+        top[name] = top_activations(model, data, name, chosen, k, batch_size=batch_size)
+    return LayerInspection(bank, stats, top, description)
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
