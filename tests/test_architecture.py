@@ -49,6 +49,8 @@ LAYERS = {
     "deconv": 2,
     "filters": 2,
     "inspection": 2,
+    "occlusion": 2,
+    "robustness": 2,
     "_report_layers": 4,
     "_layer_plots": 4,
     "_data": 1,

@@ -14,7 +14,7 @@ import numpy as np
 
 from deepscope._media import _figure, _save_figure
 
-__all__ = ["feature_map_grid", "filter_grid", "top_activation_grid"]
+__all__ = ["feature_map_grid", "filter_grid", "invariance_figure", "occlusion_figure", "top_activation_grid"]
 
 Normalization = Literal["shared", "per_filter"]
 
@@ -164,3 +164,117 @@ def _tile(values: np.ndarray, inside: np.ndarray, *, signed: bool) -> np.ndarray
     v = np.clip(v, 0.0, 1.0)
     v = np.where(inside[..., None], v, 0.75)
     return v if v.shape[-1] == 3 else v[..., 0]
+
+
+def occlusion_figure(
+    image: np.ndarray,
+    projection: np.ndarray,
+    activation: np.ndarray,
+    probability: np.ndarray,
+    top_class: np.ndarray,
+    out_png: Path,
+    *,
+    worst: tuple[int, int],
+    window: int,
+    stride: int,
+    channel: int,
+    layer: str,
+    target: int,
+    class_names: Sequence[str],
+    baseline: float,
+) -> Path:
+    """Zeiler & Fergus Fig. 7 for one image, per position of the square.
+
+    Panels: (a) the input with the square, (b) the feature map's total activation, (c) its projection,
+    (d) the probability of the correct class and (e) the most probable class.
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch, Rectangle
+
+    from deepscope._plot_style import class_color
+
+    img = np.asarray(image, dtype=np.float64)
+    rgb = np.clip(img.transpose(1, 2, 0) if img.shape[0] == 3 else np.repeat(img[:1].transpose(1, 2, 0), 3, 2), 0, 1)
+    height, width = rgb.shape[:2]
+    gh, gw = probability.shape
+    first, half = window / 2 - 0.5, stride / 2  # each value drawn as a stride-wide cell around its square's centre
+    extent = (first - half, first + (gw - 1) * stride + half, first + (gh - 1) * stride + half, first - half)
+    fig, canvas = _figure(1180, 300)
+    axes = fig.subplots(1, 5)
+    axes[0].imshow(rgb, interpolation="nearest")
+    axes[0].add_patch(
+        Rectangle((worst[1] - 0.5, worst[0] - 0.5), window, window, facecolor=str(baseline), edgecolor="k")
+    )
+    axes[0].set_title(f"(a) input, {window}-px square\nwhere it hurts most", fontsize=8)
+    shown = axes[1].imshow(activation, cmap="inferno", extent=extent, interpolation="nearest")
+    fig.colorbar(shown, ax=axes[1], shrink=0.7, label="total activation")
+    axes[1].set_title(f"(b) {layer} map {channel}:\ntotal activation per square position", fontsize=8)
+    axes[2].imshow(
+        _tile(np.asarray(projection), np.ones((height, width), dtype=bool), signed=True), interpolation="nearest"
+    )
+    axes[2].set_title(f"(c) map {channel}'s strongest unit,\nDeconvNet projection", fontsize=8)
+    shown = axes[3].imshow(probability, cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+    fig.colorbar(shown, ax=axes[3], shrink=0.7, label="probability")
+    axes[3].set_title(f"(d) p({class_names[target]})\nper square position", fontsize=8)
+    present = sorted({int(k) for k in np.unique(top_class)})
+    colors = ListedColormap([class_color(k) for k in range(len(class_names))])
+    norm = BoundaryNorm(np.arange(len(class_names) + 1) - 0.5, len(class_names))
+    axes[4].imshow(top_class, cmap=colors, norm=norm, extent=extent, interpolation="nearest")
+    axes[4].legend(
+        handles=[Patch(color=class_color(k), label=class_names[k]) for k in present],
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+    )  # fmt: skip
+    axes[4].set_title("(e) most probable class\nper square position", fontsize=8)
+    for ax in axes:
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        f"Occlusion study (Zeiler & Fergus Fig. 7): square {window} px every {stride} px, value {baseline}", fontsize=9
+    )
+    return _save_figure(fig, canvas, Path(out_png))
+
+
+def invariance_figure(
+    transform: str,
+    values: np.ndarray,
+    distances: dict[str, np.ndarray],
+    probability: np.ndarray,
+    predicted: np.ndarray,
+    labels: np.ndarray,
+    out_png: Path,
+    *,
+    class_names: Sequence[str] = (),
+) -> Path:
+    """Zeiler & Fergus Fig. 5 for one transform: feature distance per layer and the true-class probability.
+
+    One line per image; a black ring where the prediction is wrong.
+    """
+    from deepscope._plot_style import class_color, class_marker
+
+    unit = {"translation": "shift (pixels)", "scale": "scale factor", "rotation": "rotation (degrees)"}[transform]
+    panels = [*distances.items(), ("p(true class)", probability)]
+    fig, canvas = _figure(290 * len(panels) + 140, 300)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles = []
+    for ax, (name, curves) in zip(axes, panels, strict=True):
+        for i in range(curves.shape[1]):
+            (line,) = ax.plot(
+                values, curves[:, i], color=class_color(i), marker=class_marker(i), markersize=3, linewidth=1
+            )
+            if name == "p(true class)":
+                wrong = predicted[:, i] != labels[i]
+                ax.scatter(values[wrong], curves[wrong, i], s=36, facecolors="none", edgecolors="black", linewidths=0.8)
+                label = class_names[labels[i]] if len(class_names) > labels[i] else f"class {labels[i]}"
+                line.set_label(f"image {i} ({label})")
+                handles.append(line)
+        ax.set_title(name if name == "p(true class)" else f"distance at {name}", fontsize=9)
+        ax.set_xlabel(unit)
+        ax.grid(True, color="0.9", linewidth=0.6)
+    axes[0].set_ylabel("Euclidean distance to the original features")
+    axes[-1].set_ylabel("probability")
+    axes[-1].set_ylim(-0.02, 1.02)
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False, title="black ring: wrong class")
+    fig.suptitle(f"Invariance to {transform} (Zeiler & Fergus Fig. 5)", fontsize=10)
+    return _save_figure(fig, canvas, Path(out_png))

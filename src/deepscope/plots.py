@@ -38,7 +38,13 @@ import numpy as np
 from deepscope._attribution_plots import MapRow, SanityCurve, attribution_grid, overlay, sanity_curves
 from deepscope._decision_plots import decision_animation, decision_snapshots
 from deepscope._health_plots import HealthPanel, gradient_flow, health_heatmaps
-from deepscope._layer_plots import feature_map_grid, filter_grid, top_activation_grid
+from deepscope._layer_plots import (
+    feature_map_grid,
+    filter_grid,
+    invariance_figure,
+    occlusion_figure,
+    top_activation_grid,
+)
 from deepscope._media import (
     _FORMATS,
     _animate,
@@ -85,7 +91,9 @@ __all__ = [
     "filter_grid",
     "gradient_flow",
     "health_heatmaps",
+    "invariance_figure",
     "loss_curves",
+    "occlusion_figure",
     "overlay",
     "representation_animation",
     "sanity_curves",
