@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepscope.probes import PROBES, Probe
+from deepscope.probes import PROBES, FeatureEvolution, Probe
 from deepscope.recorder import TAGS, Recorder
 from deepscope.store import RunReader
 
@@ -67,9 +67,34 @@ def recorded(tmp_path_factory):
     return recorder, written
 
 
+@pytest.fixture(scope="module")
+def recorded_cnn(tmp_path_factory):
+    """A small CNN run for the probes that need spatial layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 2))
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(12, 1, 8, 8, generator=generator), torch.randint(0, 2, (12,), generator=generator)
+    run_dir = tmp_path_factory.mktemp("cnn") / "run"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probes = [FeatureEvolution(model, "1", channels=[0, 3])]
+    with Recorder(model, run_dir, probe=(x, y), every=2, probes=probes) as rec:
+        for _ in range(4):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            rec.step(loss=loss)
+    with RunReader(run_dir) as reader:
+        written = set(reader.scalar_tags()) | set(reader.tensor_tags()) | set(reader.meta())
+    return rec, written, (model, x)
+
+
+SPATIAL = {"feature_evolution"}  # probes recorded on the CNN run
+
+
 @pytest.mark.parametrize("name", PROBES.names())
-def test_every_probe_round_trips_through_a_run_store(recorded, name):
-    recorder, written = recorded
+def test_every_probe_round_trips_through_a_run_store(recorded, recorded_cnn, name):
+    recorder, written = (recorded_cnn[0], recorded_cnn[1]) if name in SPATIAL else recorded
     assert name in [p.name for p in recorder.probes], f"the test run does not switch {name!r} on"
     probe_class = PROBES.get(name)
     assert probe_class.name == name and probe_class.schedule in ("step", "measured", "snapshot")
@@ -158,3 +183,25 @@ def test_user_probes_of_every_schedule_are_recorded(tmp_path):
 def test_probe_arguments_that_cannot_work_are_refused(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
         Recorder(_model(), tmp_path / "r", **kwargs)
+
+
+def test_feature_evolution_keeps_each_channels_strongest_unit(recorded_cnn, tmp_path):
+    recorder, _, (model, x) = recorded_cnn
+    with RunReader(recorder.run_dir) as reader:
+        steps = reader.tensor_steps("evolution/1/patches").tolist()
+        assert steps == [0, 2, 4]
+        assert reader.meta()["evolution/1"]["field"] == {"size": [3, 3], "jump": [1, 1], "start": [-1, -1]}
+        patches, best = reader.tensor("evolution/1/patches", 4), reader.tensor("evolution/1/images", 4)
+        scores = reader.tensor("evolution/1/scores", 4)
+        projections = reader.tensor("evolution/1/projections", 4)
+    model.eval()
+    with torch.no_grad():
+        maps = model[:2](x)[:, [0, 3]]  # (12, 2, 8, 8) after the final snapshot's weights
+    strongest = maps.flatten(2).max(2).values  # (12, 2)
+    assert best.tolist() == strongest.argmax(0).tolist()
+    np.testing.assert_allclose(scores, strongest.max(0).values.numpy(), rtol=1e-5)
+    assert patches.shape == projections.shape == (2, 1, 3, 3) and np.abs(projections).sum() > 0
+    from deepscope.report import build_report
+
+    html = build_report(recorder.run_dir).read_text()
+    assert "Feature evolution during training" in html

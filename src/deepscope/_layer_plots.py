@@ -14,7 +14,14 @@ import numpy as np
 
 from deepscope._media import _figure, _save_figure
 
-__all__ = ["feature_map_grid", "filter_grid", "invariance_figure", "occlusion_figure", "top_activation_grid"]
+__all__ = [
+    "evolution_strip",
+    "feature_map_grid",
+    "filter_grid",
+    "invariance_figure",
+    "occlusion_figure",
+    "top_activation_grid",
+]
 
 Normalization = Literal["shared", "per_filter"]
 
@@ -76,12 +83,14 @@ def top_activation_grid(
 ) -> Path:
     """Zeiler & Fergus Fig. 2: per channel, its k strongest patches and (left) their DeconvNet projections.
 
+    The tiles are assembled into one mosaic image (fast to draw, whatever the number of channels).
+
     Args:
         patches: ``(C, k, C_in, h, w)`` input patches under each unit's receptive field.
         projections: the same shape, the units' projections (or None).
-        inside: ``(C, k, h, w)``, False where the field leaves the image (drawn hatched grey).
+        inside: ``(C, k, h, w)``, False where the field leaves the image (drawn light grey).
         channels: the channel number of each block.
-        scores: ``(C, k)`` the units' activations, shown above each patch.
+        scores: ``(C, k)`` the units' activations (the first row's are printed).
         out_png: PNG path to write.
         title: figure title.
         columns: tiles per row within a block (3 gives the paper's 3 × 3).
@@ -89,66 +98,71 @@ def top_activation_grid(
     p = np.asarray(patches, dtype=np.float64)
     if p.ndim != 5:
         raise ValueError(f"patches must be (C, k, C_in, h, w), got {p.shape}")
-    c, k = p.shape[:2]
+    c, k, _, h, w = p.shape
     rows = -(-k // columns)
-    blocks_per_row = 2 if c > 1 else 1
-    block_rows = -(-c // blocks_per_row)
+    gap, block_gap = 2, 10
+    panel_w, panel_h = columns * (w + gap) - gap, rows * (h + gap) - gap
     panels = 2 if projections is not None else 1
-    tile = 46
-    width = blocks_per_row * (panels * columns * tile + 30) + 20
-    fig, canvas = _figure(width, 60 + block_rows * (rows * tile + 26))
-    grid = fig.add_gridspec(block_rows, blocks_per_row * panels, wspace=0.08, hspace=0.35)
+    block_w, block_h = panels * panel_w + (panels - 1) * 6, panel_h + 14  # 14 px of caption above each block
+    per_row = 2 if c > 1 else 1
+    block_rows = -(-c // per_row)
+    mosaic = np.ones((block_rows * (block_h + block_gap), per_row * (block_w + block_gap), 3))
+    labels = []
     for b in range(c):
-        row, slot = divmod(b, blocks_per_row)
-        sources = [("projection", projections[b]), ("patch", p[b])] if projections is not None else [("patch", p[b])]
-        for s, (kind, tiles) in enumerate(sources):
-            sub = grid[row, slot * panels + s].subgridspec(rows, columns, wspace=0.04, hspace=0.04)
-            for r in range(rows * columns):
-                ax = fig.add_subplot(sub[r // columns, r % columns])
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r >= k:
-                    ax.set_axis_off()
-                    continue
-                image = _tile(np.asarray(tiles[r]), np.asarray(inside[b, r]), signed=kind == "projection")
-                ax.imshow(image, interpolation="nearest", cmap=None if image.ndim == 3 else "gray")
-                if r == 0:
-                    ax.set_title(f"ch {channels[b]} {kind}s", fontsize=7, loc="left")
-                elif kind == "patch" and r < columns:
-                    ax.set_title(f"{scores[b, r]:.2g}", fontsize=6)
+        top = (b // per_row) * (block_h + block_gap) + 14
+        left = (b % per_row) * (block_w + block_gap)
+        sources = [(projections[b], True), (p[b], False)] if projections is not None else [(p[b], False)]
+        for s_index, (tiles, signed) in enumerate(sources):
+            x0 = left + s_index * (panel_w + 6)
+            for r in range(k):
+                y, x = top + (r // columns) * (h + gap), x0 + (r % columns) * (w + gap)
+                tile = _tile(np.asarray(tiles[r]), np.asarray(inside[b, r]), signed=signed)
+                mosaic[y : y + h, x : x + w] = tile if tile.ndim == 3 else tile[..., None]
+        labels.append((left, top - 3, f"ch {channels[b]}: " + ", ".join(f"{v:.2g}" for v in scores[b, :columns])))
+    scale = 2 if mosaic.shape[1] < 600 else 1
+    fig, canvas = _figure(mosaic.shape[1] * scale + 20, mosaic.shape[0] * scale + 90, layout=None)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 80 / (mosaic.shape[0] * scale + 90)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for x, y, text in labels:
+        ax.text(x, y, text, fontsize=6.5, va="bottom")
     fig.suptitle(
-        f"{title}\nper channel, the {k} strongest images: patches under the max unit's receptive field"
-        + (
-            "\n(right) and their DeconvNet projections (left, each on its own scale: ±99th percentile of |value|)"
-            if projections is not None
-            else ""
+        f"{title}\nper channel, the {k} strongest images (activation of the first {columns} above): patches under the "
+        "max unit's receptive field" + (
+            " (right) and their DeconvNet projections\n(left, each on its own scale: ±99th percentile of |value|)"
+            if projections is not None else ""
         ),
         fontsize=8,
-    )
+    )  # fmt: skip
     return _save_figure(fig, canvas, Path(out_png))
 
 
 def feature_map_grid(maps: np.ndarray, out_png: Path, *, title: str = "Feature maps", limit: int = 64) -> Path:
-    """The ``(C, H, W)`` maps of one input, each on the shared colour scale of the layer (inferno, 0 at black)."""
+    """The ``(C, H, W)`` maps of one input as one mosaic, on the shared colour scale of the layer (inferno)."""
     m = np.asarray(maps, dtype=np.float64)
     if m.ndim != 3:
         raise ValueError(f"feature maps must be (C, H, W), got {m.shape}")
     shown = m[:limit]
     columns = min(len(shown), 16)
     rows = -(-len(shown) // columns)
-    low, high = float(np.nanmin(shown)), float(np.nanmax(shown))
-    fig, canvas = _figure(40 + columns * 52, 80 + rows * 52)
-    axes = fig.subplots(rows, columns, squeeze=False)
-    image = None
-    for index, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if index < len(shown):
-            image = ax.imshow(shown[index], cmap="inferno", vmin=low, vmax=high, interpolation="nearest")
-            ax.set_title(str(index), fontsize=6)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="activation")
+    h, w = shown.shape[1:]
+    gap = max(1, h // 8)
+    mosaic = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap), np.nan)  # NaN separators (white)
+    for index, values in enumerate(shown):
+        y, x = (index // columns) * (h + gap), (index % columns) * (w + gap)
+        mosaic[y : y + h, x : x + w] = values
+    scale = max(1, 720 // mosaic.shape[1])
+    fig, canvas = _figure(mosaic.shape[1] * scale + 140, mosaic.shape[0] * scale + 70)
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    cmap = colormaps["inferno"].with_extremes(bad="white")
+    image = ax.imshow(mosaic, cmap=cmap, interpolation="nearest", vmin=np.nanmin(shown), vmax=np.nanmax(shown))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(image, ax=ax, shrink=0.8, label="activation")
     extra = f" (first {limit} of {len(m)})" if len(m) > limit else ""
-    fig.suptitle(f"{title}{extra}", fontsize=9)
+    ax.set_title(f"{title}: {len(shown)} maps{extra}, row by row from channel 0, one colour scale", fontsize=9)
     return _save_figure(fig, canvas, Path(out_png))
 
 
@@ -277,4 +291,54 @@ def invariance_figure(
     axes[-1].set_ylim(-0.02, 1.02)
     fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False, title="black ring: wrong class")
     fig.suptitle(f"Invariance to {transform} (Zeiler & Fergus Fig. 5)", fontsize=10)
+    return _save_figure(fig, canvas, Path(out_png))
+
+
+def evolution_strip(
+    steps: Sequence[int],
+    patches: np.ndarray,
+    projections: np.ndarray,
+    channels: Sequence[int],
+    out_png: Path,
+    *,
+    title: str = "Feature evolution",
+) -> Path:
+    """Zeiler & Fergus Fig. 4: for each channel (a row pair), its strongest unit's projection and patch per snapshot.
+
+    Args:
+        steps: the ``S`` training steps shown (columns).
+        patches: ``(S, C, C_in, h, w)`` the input under each strongest unit's receptive field.
+        projections: the same shape, their DeconvNet projections.
+        channels: the channel number of each row.
+        out_png: PNG path to write.
+        title: figure title.
+    """
+    p, q = np.asarray(patches, dtype=np.float64), np.asarray(projections, dtype=np.float64)
+    if p.ndim != 5 or p.shape != q.shape or p.shape[0] != len(steps):
+        raise ValueError(f"patches and projections must both be (steps, C, C_in, h, w), got {p.shape} and {q.shape}")
+    n_steps, c, _, h, w = p.shape
+    gap, label = max(1, w // 8), 3 * w
+    mosaic = np.ones((c * (2 * h + gap + 6), label + n_steps * (w + gap), 3))
+    everywhere = np.ones((h, w), dtype=bool)
+    for r in range(c):
+        for s in range(n_steps):
+            x, y = label + s * (w + gap), r * (2 * h + gap + 6)
+            for offset, source, signed in ((0, q, True), (h + gap, p, False)):
+                tile = _tile(source[s, r], everywhere, signed=signed)
+                mosaic[y + offset : y + offset + h, x : x + w] = tile if tile.ndim == 3 else tile[..., None]
+    scale = max(1, 720 // mosaic.shape[1])
+    height = mosaic.shape[0] * scale + 130
+    fig, canvas = _figure(mosaic.shape[1] * scale + 20, height, layout=None)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 120 / height))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for r, channel in enumerate(channels):
+        ax.text(0, r * (2 * h + gap + 6) + h, f"ch {channel}", fontsize=7, va="center")
+    for s, step in enumerate(steps):
+        ax.text(label + s * (w + gap) + w / 2, -1, f"step {step}", fontsize=6.5, ha="center", va="bottom")
+    fig.suptitle(
+        f"{title}\nper channel: the DeconvNet projection (top) and the input patch (bottom)\nof its strongest "
+        "unit on the probe set, at each snapshot",
+        fontsize=8,
+    )
     return _save_figure(fig, canvas, Path(out_png))

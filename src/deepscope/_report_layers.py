@@ -16,7 +16,7 @@ from deepscope._report_page import Figure, Section, slug
 from deepscope._tags import TAGS
 from deepscope.store import RunReader
 
-__all__ = ["layer_sections"]
+__all__ = ["evolution_sections", "layer_sections"]
 
 _P = TAGS.LAYER_VIEWS
 _COLUMNS = ("layer", "channels", "mean", "std", "zero_fraction", "dead_channels", "saturation")
@@ -70,6 +70,7 @@ def layer_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]
                     maps, fig_dir / f"maps_{name}_{slug(layer)}.png", title=f"{layer} on one input"
                 )
                 figures.append(Figure(png, f"The feature maps of {layer} for the first input."))
+        figures.extend(_studies(reader, meta, fig_dir, name))
         rows = meta.get(f"{_P}/stats") or []
         table = (_COLUMNS, *[tuple(cell(row.get(c)) for c in _COLUMNS) for row in rows])
         sections.append(
@@ -89,4 +90,77 @@ def layer_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]
                 table=table,
             )
         )
+    return sections
+
+
+def _studies(reader: RunReader, meta: dict, fig_dir: Path, name: str) -> list[Figure]:
+    """The recorded occlusion studies (Fig. 7) and invariance curves (Fig. 5)."""
+    figures = []
+    for i in range(int(meta.get(f"{_P}/occlusion") or 0)):
+        base = f"{_P}/occlusion/{i}"
+        info = meta[base]
+        parts = {
+            p: reader.tensor(f"{base}/{p}", 0)
+            for p in ("image", "projection", "activation", "probability", "top_class")
+        }
+        png = plots.occlusion_figure(
+            parts["image"], parts["projection"], parts["activation"], parts["probability"], parts["top_class"],
+            fig_dir / f"occlusion_{name}_{i}.png", worst=tuple(info["worst"]), window=info["window"],
+            stride=info["stride"], channel=info["channel"], layer=info["layer"], target=info["target"],
+            class_names=info["class_names"], baseline=info["baseline"],
+        )  # fmt: skip
+        true = info["class_names"][info["target"]]
+        figures.append(Figure(png, f"Occlusion study of a {true}: does the network look at the object?"))
+    for transform in meta.get(f"{_P}/invariance") or []:
+        base = f"{_P}/invariance/{transform}"
+        info = meta[base]
+        distances = {layer: reader.tensor(f"{base}/distance/{i}", 0) for i, layer in enumerate(info["layers"])}
+        png = plots.invariance_figure(
+            transform, reader.tensor(f"{base}/values", 0), distances, reader.tensor(f"{base}/probability", 0),
+            reader.tensor(f"{base}/predicted", 0), reader.tensor(f"{base}/labels", 0),
+            fig_dir / f"invariance_{name}_{transform}.png", class_names=info["class_names"],
+        )  # fmt: skip
+        figures.append(
+            Figure(png, f"Invariance to {transform}: features of an early and a late layer, and the prediction.")
+        )
+    return figures
+
+
+_EVOLUTION_COLUMNS = 8  # snapshots shown, evenly spaced from the first to the last (the paper shows 8 epochs)
+
+
+def evolution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
+    """One section per training run that recorded the feature evolution probe."""
+    sections = []
+    for reader in readers:
+        meta = reader.meta()
+        figures = []
+        for layer in meta.get(TAGS.EVOLUTION_LAYERS) or []:
+            base = TAGS.EVOLUTION.format(layer=layer)
+            info = meta.get(base)
+            if info is None:
+                continue
+            steps = reader.tensor_steps(f"{base}/patches")
+            shown = np.unique(np.linspace(0, len(steps) - 1, min(_EVOLUTION_COLUMNS, len(steps))).round().astype(int))
+            chosen = [int(steps[i]) for i in shown]
+            patches = np.stack([reader.tensor(f"{base}/patches", s).astype(np.float32) for s in chosen])
+            projections = np.stack([reader.tensor(f"{base}/projections", s) for s in chosen])
+            out = fig_dir / f"evolution_{slug(reader.info.name)}_{slug(layer)}.png"
+            png = plots.evolution_strip(
+                chosen, patches, projections, info["channels"], out, title=f"{reader.info.name} · {layer}"
+            )  # fmt: skip
+            figures.append(Figure(png, f"How the strongest units of {layer} form during training."))
+        if figures:
+            sections.append(
+                Section(
+                    f"evolution-{slug(reader.info.name)}",
+                    f"Feature evolution during training ({reader.info.name})",
+                    (
+                        "Zeiler & Fergus (2014, Fig. 4): at each snapshot, the probe image that excites each channel "
+                        "most, the input patch under that unit's receptive field and its DeconvNet projection. Lower "
+                        "layers settle within a few epochs; the features of upper layers keep changing longer.",
+                    ),
+                    figures=tuple(figures),
+                )
+            )
     return sections

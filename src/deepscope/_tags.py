@@ -27,6 +27,7 @@ class TAGS:
     PROBE_PRED = "probe/pred"
     REPR = "repr/{layer}"
     GRID_SCORE = "input/grid_score"
+    EVOLUTION = "evolution/{layer}"  # + "/patches", "/projections", "/scores", "/images" per snapshot; meta: field
     # run-level meta keys
     MAJORITY_BASELINE = "probe/majority_baseline"
     CLASS_NAMES = "probe/class_names"
@@ -34,6 +35,7 @@ class TAGS:
     PROJECTION = "repr/projection"  # "repr/projection/{layer}"
     POOLING = "repr/pooling"  # "repr/pooling/{layer}"
     GRID_EXTENT = "input/grid_extent"
+    EVOLUTION_LAYERS = "evolution/layers"
     EVERY = "recorder/every"
     SNAPSHOT_EVERY = "recorder/snapshot_every"
     PROBES = "recorder/probes"  # names of the probes that recorded the run

@@ -22,7 +22,9 @@ from deepscope._tags import TAGS
 from deepscope.activations import ActivationStats, TopActivations, activations, top_activations
 from deepscope.filters import FilterBank, filters
 from deepscope.layers import LayerSpec, resolve_layers
+from deepscope.occlusion import OcclusionStudy
 from deepscope.repro import library_versions
+from deepscope.robustness import InvarianceCurves
 from deepscope.store import RunWriter, delete_run
 
 __all__ = ["LayerInspection", "inspect_layers"]
@@ -30,12 +32,18 @@ __all__ = ["LayerInspection", "inspect_layers"]
 
 @dataclass(frozen=True, slots=True)
 class LayerInspection:
-    """Filters, per-channel statistics and top-k views of some layers on one dataset."""
+    """Filters, per-channel statistics and top-k views of some layers on one dataset.
+
+    ``occlusion`` and ``invariance`` hold optional occlusion studies and invariance curves of some of
+    its images (add them with ``dataclasses.replace``); they are recorded and reported too.
+    """
 
     filters: FilterBank | None
     stats: ActivationStats
     top: dict[str, TopActivations]
     description: str = ""
+    occlusion: tuple[OcclusionStudy, ...] = ()
+    invariance: tuple[InvarianceCurves, ...] = ()
 
     def record(self, run_dir: str | os.PathLike[str], *, name: str = "layers", overwrite: bool = False) -> Path:
         """Write everything into the run store at ``run_dir`` (``layers/`` tags); return the folder."""
@@ -65,6 +73,7 @@ class LayerInspection:
                 w.add_tensor(f"{base}/inside", 0, top.inside.numpy().astype(np.uint8))
                 if top.projections is not None:
                     w.add_tensor(f"{base}/projections", 0, top.projections.numpy().astype(np.float32))
+            _record_studies(w, self.occlusion, self.invariance)
         return path
 
 
@@ -100,6 +109,31 @@ def inspect_layers(
         chosen = channels if channels is not None else list(range(min(8, count)))
         top[name] = top_activations(model, data, name, chosen, k, batch_size=batch_size)
     return LayerInspection(bank, stats, top, description)
+
+
+def _record_studies(w: RunWriter, occlusion: Sequence[OcclusionStudy], curves: Sequence[InvarianceCurves]) -> None:
+    prefix = TAGS.LAYER_VIEWS
+    w.set_meta(f"{prefix}/occlusion", len(occlusion))
+    for i, study in enumerate(occlusion):
+        base = f"{prefix}/occlusion/{i}"
+        w.set_meta(
+            base,
+            {
+                "layer": study.layer, "channel": study.channel, "target": study.target, "worst": list(study.worst),
+                "window": study.window, "stride": study.stride, "class_names": list(study.class_names),
+                "baseline": study.baseline,
+            },
+        )  # fmt: skip
+        for part in ("image", "projection", "activation", "probability", "top_class"):
+            w.add_tensor(f"{base}/{part}", 0, getattr(study, part).numpy())
+    w.set_meta(f"{prefix}/invariance", [c.transform for c in curves])
+    for c in curves:
+        base = f"{prefix}/invariance/{c.transform}"
+        w.set_meta(base, {"layers": list(c.distances), "class_names": list(c.class_names)})
+        for part in ("values", "probability", "predicted", "labels"):
+            w.add_tensor(f"{base}/{part}", 0, getattr(c, part).numpy())
+        for i, distance in enumerate(c.distances.values()):
+            w.add_tensor(f"{base}/distance/{i}", 0, distance.numpy())
 
 
 def _has_conv(model: nn.Module) -> bool:

@@ -39,6 +39,7 @@ from deepscope._attribution_plots import MapRow, SanityCurve, attribution_grid, 
 from deepscope._decision_plots import decision_animation, decision_snapshots
 from deepscope._health_plots import HealthPanel, gradient_flow, health_heatmaps
 from deepscope._layer_plots import (
+    evolution_strip,
     feature_map_grid,
     filter_grid,
     invariance_figure,
@@ -87,6 +88,7 @@ __all__ = [
     "attribution_grid",
     "decision_animation",
     "decision_snapshots",
+    "evolution_strip",
     "feature_map_grid",
     "filter_grid",
     "gradient_flow",

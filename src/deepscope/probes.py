@@ -22,15 +22,16 @@ Recorder arguments that switch them on: ``scalars`` (always), ``learning_rate``
 (``optimizer=``), ``throughput`` (``rec.step(batch_size=)``), ``layer_health`` (``health=``,
 :mod:`deepscope.health`), ``distributions`` (``histogram_bins=``), ``residual_flow``
 (``residual=``, :mod:`deepscope.residual`), ``predictions`` (``probe=``), ``representations``
-(``layers=``) and ``decision_map`` (2-D probe inputs). Add your own with
+(``layers=``), ``decision_map`` (2-D probe inputs) and ``feature_evolution`` (Zeiler & Fergus's
+Fig. 4, passed as ``probes=[FeatureEvolution(model, layer)]``). Add your own with
 ``Recorder(..., probes=[MyProbe()])``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "PROBES",
     "DecisionMap",
     "Distributions",
+    "FeatureEvolution",
     "LayerHealth",
     "LearningRate",
     "PredictRule",
@@ -327,3 +329,88 @@ def _grid_over(points: Tensor, side: int) -> tuple[Tensor, list[float]]:
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1).to(points.dtype)  # (side², 2)
     return grid, [low[0].item(), high[0].item(), low[1].item(), high[1].item()]
+
+
+@register("feature_evolution")
+class FeatureEvolution(Probe):
+    """Zeiler & Fergus Fig. 4: at every snapshot, each chosen channel's strongest unit over the probe set, projected.
+
+    For each channel of ``layer``: the probe image whose spatial maximum is largest, the input patch
+    under that unit's receptive field and its DeconvNet projection (:mod:`deepscope.deconv`), so a
+    strip of snapshots shows the feature forming during training. Enable it with
+    ``Recorder(..., probes=[FeatureEvolution("layer3", channels=range(8))])``.
+
+    Tags: ``evolution/<layer>/patches`` and ``evolution/<layer>/projections`` (``(C, C_in, h, w)``
+    tiles, zeros outside the image), ``evolution/<layer>/scores`` and ``evolution/<layer>/images``
+    (``(C,)``) per snapshot; meta ``evolution/layers`` and ``evolution/<layer>`` (channels, field).
+    """
+
+    schedule = "snapshot"
+    tags = (
+        TAGS.EVOLUTION_LAYERS, TAGS.EVOLUTION, f"{TAGS.EVOLUTION}/patches", f"{TAGS.EVOLUTION}/projections",
+        f"{TAGS.EVOLUTION}/scores", f"{TAGS.EVOLUTION}/images",
+    )  # fmt: skip
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module, channels: Sequence[int] = tuple(range(8))) -> None:
+        from deepscope.layers import resolve_layer
+
+        self.model = model
+        self.layer, self.module = resolve_layer(model, layer)
+        self.channels = [int(c) for c in channels]
+        if not self.channels:
+            raise ValueError("FeatureEvolution needs at least one channel")
+        self.field: Any = None
+
+    def start(self, run: RunWriter, *, resumed: bool) -> None:
+        run.set_meta(TAGS.EVOLUTION_LAYERS, [self.layer])
+
+    def snapshot_layers(self) -> Mapping[str, nn.Module]:
+        return {self.layer: self.module}
+
+    def reduce_batch(self, layer: str, output: Tensor) -> Tensor:
+        if output.ndim != 4:
+            raise ValueError(
+                f"FeatureEvolution needs a spatial layer (N, C, H, W); {layer!r} gives {tuple(output.shape)}"
+            )
+        if max(self.channels) >= output.shape[1]:
+            raise ValueError(f"channels must be below {output.shape[1]} for {layer!r}, got {self.channels}")
+        maps = output[:, self.channels].flatten(2).float()  # (N, C, H·W)
+        value, where = maps.max(2)
+        width = output.shape[-1]
+        return torch.stack([value, (where // width).float(), (where % width).float()], 2)  # (N, C, 3)
+
+    def snapshot(self, run: RunWriter, view: ProbePass) -> None:
+        from deepscope.deconv import deconv_project
+        from deepscope.receptive import receptive_field
+
+        found = view.layer_outputs[self.layer]  # (N, C, 3) per image: value, row, column
+        best = found[..., 0].argmax(0)  # (C,) the strongest probe image of each channel
+        columns = torch.arange(len(self.channels))
+        value, row, col = found[best, columns, 0], found[best, columns, 1].long(), found[best, columns, 2].long()
+        images = view.inputs[best.cpu()].float()
+        if self.field is None:
+            self.field = receptive_field(self.model, self.layer, tuple(images.shape[1:]))
+            field = {"size": list(self.field.size), "jump": list(self.field.jump), "start": list(self.field.start)}
+            run.set_meta(TAGS.EVOLUTION.format(layer=self.layer), {"channels": self.channels, "field": field})
+        units = torch.stack([torch.tensor(self.channels), row.cpu(), col.cpu()], 1)
+        projections = deconv_project(self.model, images, self.layer, units).cpu()
+        patches, tiles = _field_tiles(images, self.field, units), _field_tiles(projections, self.field, units)
+        base = TAGS.EVOLUTION.format(layer=self.layer)
+        run.add_tensor(f"{base}/patches", view.step, patches.numpy().astype(np.float16))
+        run.add_tensor(f"{base}/projections", view.step, tiles.numpy())
+        run.add_tensor(f"{base}/scores", view.step, value.cpu().numpy())
+        run.add_tensor(f"{base}/images", view.step, best.cpu().numpy().astype(np.int64))
+
+
+def _field_tiles(images: Tensor, field: Any, units: Tensor) -> Tensor:
+    """``(C, C_in, h, w)`` the receptive field of each unit cut out of its image, zeros where it leaves the image."""
+    height, width = images.shape[-2:]
+    tile_h, tile_w = min(field.size[0], height), min(field.size[1], width)
+    tiles = torch.zeros(len(units), images.shape[1], tile_h, tile_w)
+    for m, (i, j) in enumerate(units[:, 1:].tolist()):
+        top, left, _, _ = field.box(i, j)
+        t, lft, b, r = field.box(i, j, (height, width))
+        dy = t - top if tile_h == field.size[0] else 0
+        dx = lft - left if tile_w == field.size[1] else 0
+        tiles[m, :, dy : dy + b - t, dx : dx + r - lft] = images[m, :, t:b, lft:r]
+    return tiles

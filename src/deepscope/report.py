@@ -21,7 +21,7 @@ from deepscope import plots
 from deepscope._progress import track
 from deepscope._report_attribution import attribution_sections
 from deepscope._report_findings import findings_section
-from deepscope._report_layers import layer_sections
+from deepscope._report_layers import evolution_sections, layer_sections
 from deepscope._report_page import Figure, Section, write_page
 from deepscope._report_page import slug as _slug
 from deepscope._tags import TAGS
@@ -432,6 +432,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     _representation,
     _decision,
     _health,
+    evolution_sections,
     attribution_sections,
     layer_sections,
     _provenance,

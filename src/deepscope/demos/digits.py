@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from deepscope._progress import track
 from deepscope.datasets import digits
 from deepscope.demos._common import apply_overrides, clear_runs
+from deepscope.probes import FeatureEvolution
 from deepscope.recorder import Recorder
 from deepscope.registry import DEMOS
 
@@ -116,6 +117,7 @@ def train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, data
         config={**asdict(config), "task": "digits", "model": name},
         optimizer=optimizer,
         residual=[name for name, module in model.named_children() if isinstance(module, ResidualBlock)] or False,
+        probes=[FeatureEvolution(model, "relu2", channels=range(8))] if hasattr(model, "relu2") else (),
     )
     with recorder as rec:
         for epoch in track(range(config.epochs), name, total=config.epochs):

@@ -21,7 +21,9 @@ from deepscope.datasets import PHOTOS, sample_photos, shapes
 from deepscope.demos._common import apply_overrides, clear_runs
 from deepscope.demos.shapes_cnn import train_shapes_cnn
 from deepscope.inspection import inspect_layers
+from deepscope.occlusion import occlusion_study
 from deepscope.registry import DEMOS
+from deepscope.robustness import invariance
 
 __all__ = ["ShapesDemoConfig", "record"]
 
@@ -38,6 +40,7 @@ class ShapesDemoConfig:
     curve_steps: int = 32  # points of the deletion and insertion curves
     layers: bool = True  # layer views (filters, top-9 patches with DeconvNet projections) on shapes and photos
     layer_images: int = 600  # held-out shapes streamed through the layer views
+    invariance_images: int = 5  # shapes whose features are followed under translation, scale and rotation
 
 
 # Cheap but faithful settings for the tour; users get the papers' defaults from explain().
@@ -112,6 +115,19 @@ def _layer_runs(model: torch.nn.Module, out: Path, config: ShapesDemoConfig) -> 
     """The layer views on held-out shapes and, when scikit-image is installed, on crops of its photos."""
     views = shapes(config.layer_images, seed=20_000 + config.seed)
     on_shapes = inspect_layers(model, views.images, _INSPECTED, description="held-out synthetic shapes")
+    names = views.class_names
+    studies = tuple(
+        occlusion_study(model, views.images[i], _INSPECTED[-1], target=int(views.labels[i]), window=12, stride=4,
+                        class_names=names)
+        for i in _one_per_class(views.labels, 2)
+    )  # fmt: skip
+    probe = views.images[: config.invariance_images]
+    curves = tuple(
+        invariance(model, probe, t, layers=["features.conv1", _INSPECTED[-1]], labels=views.labels[: len(probe)],
+                   class_names=names)
+        for t in ("translation", "scale", "rotation")
+    )  # fmt: skip
+    on_shapes = dataclasses.replace(on_shapes, occlusion=studies, invariance=curves)
     runs = [on_shapes.record(out / "layers-shapes", name="shapes CNN: layers on shapes", overwrite=True)]
     crops = _photo_crops()
     if crops is None:
@@ -124,6 +140,14 @@ def _layer_runs(model: torch.nn.Module, out: Path, config: ShapesDemoConfig) -> 
         )
         runs.append(on_photos.record(out / "layers-photos", name="shapes CNN: layers on photos", overwrite=True))
     return runs
+
+
+def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
+    """The first image of each of the first ``count`` classes present."""
+    firsts = {}
+    for i, label in enumerate(labels.tolist()):
+        firsts.setdefault(label, i)
+    return [firsts[k] for k in sorted(firsts)[:count]]
 
 
 def _photo_crops(size: int = 256, crop: int = 64) -> torch.Tensor | None:
