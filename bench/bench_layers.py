@@ -28,8 +28,8 @@ import time
 
 import torch
 
-from deepscope.activations import activations, top_activations
 from deepscope.demos.shapes_cnn import train_shapes_cnn
+from deepscope.layer_stats import activations, top_activations
 
 LAYER = "features.relu3"
 BATCH = 256

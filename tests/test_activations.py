@@ -5,10 +5,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from deepscope.activations import activations, top_activations
 from deepscope.attribution.backprop_rules import relu_rules
 from deepscope.deconv import _one_hot_seed, deconv_project, strongest_units
 from deepscope.guard import preserved
+from deepscope.layer_stats import activations, top_activations
 
 
 def _cnn(seed=0):

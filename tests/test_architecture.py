@@ -45,9 +45,9 @@ LAYERS = {
     "_hashing": 1,
     "receptive": 1,
     "_forward": 1,
-    "activations": 2,
+    "layer_stats": 2,
     "deconv": 2,
-    "filters": 2,
+    "filter_bank": 2,
     "inspection": 2,
     "occlusion": 2,
     "robustness": 2,
@@ -146,3 +146,16 @@ def test_every_public_name_resolves():
     missing = [name for name in deepscope.__all__ if getattr(deepscope, name, None) is None]
     assert not missing, f"names in deepscope.__all__ that do not resolve: {missing}"
     assert deepscope.attribution.smooth is deepscope.smooth and callable(deepscope.datasets.shapes)
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """Importing ``deepscope.x`` sets the package attribute ``x``: no public name may be a module's name."""
+    code = (
+        "import importlib, pkgutil, types, deepscope\n"
+        "for info in pkgutil.iter_modules(deepscope.__path__):\n"
+        "    if not info.ispkg and info.name != '__main__':\n"
+        "        importlib.import_module('deepscope.' + info.name)\n"
+        "bad = [n for n in deepscope._EXPORTS if isinstance(getattr(deepscope, n), types.ModuleType)]\n"
+        "assert not bad, f'public names shadowed by modules: {bad}'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

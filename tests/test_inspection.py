@@ -7,7 +7,7 @@ from PIL import Image
 from torch import nn
 
 from deepscope.cli import main
-from deepscope.filters import filters
+from deepscope.filter_bank import filters
 from deepscope.inspection import inspect_layers
 from deepscope.report import build_report
 from deepscope.store import RunReader

@@ -1,9 +1,9 @@
 """One call for the layer views of a model on a dataset, recorded as a run the report draws.
 
-:func:`inspect_layers` gathers the first convolution's filters (:mod:`deepscope.filters`), the
-streamed statistics of the chosen layers (:func:`deepscope.activations.activations`) and, for each
+:func:`inspect_layers` gathers the first convolution's filters (:mod:`deepscope.filter_bank`), the
+streamed statistics of the chosen layers (:func:`deepscope.layer_stats.activations`) and, for each
 of them, the Zeiler–Fergus top-k with patches and DeconvNet projections
-(:func:`deepscope.activations.top_activations`). :meth:`LayerInspection.record` writes it all to a
+(:func:`deepscope.layer_stats.top_activations`). :meth:`LayerInspection.record` writes it all to a
 run store under the ``layers/`` tags; the report's "Layers" section reads them back (no torch).
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 from torch import Tensor, nn
 
 from deepscope._tags import TAGS
-from deepscope.activations import ActivationStats, TopActivations, activations, top_activations
-from deepscope.filters import FilterBank, filters
+from deepscope.filter_bank import FilterBank, filters
+from deepscope.layer_stats import ActivationStats, TopActivations, activations, top_activations
 from deepscope.layers import LayerSpec, resolve_layers
 from deepscope.occlusion import OcclusionStudy
 from deepscope.repro import library_versions
