@@ -98,7 +98,7 @@ def test_shapes_demo_explains_every_method_with_scores(tmp_path):
     from deepscope.datasets import shapes
 
     result = run_demo("shapes", tmp_path, quick=True, overrides={"sanity": "true"})
-    assert [run.name for run in result.runs] == ["attribution", "sanity"]
+    assert [run.name for run in result.runs] == ["attribution", "sanity", "layers-shapes", "layers-photos"]
     with RunReader(tmp_path / "shapes" / "attribution") as reader:
         meta = reader.meta()
         assert meta["attribution/methods"] == ATTRIBUTIONS.names()
@@ -113,6 +113,14 @@ def test_shapes_demo_explains_every_method_with_scores(tmp_path):
     assert {"attribution_shapes_CNN__every_method.png", "sanity_shapes_CNN__sanity_checks.png"} <= figures
     page = result.report.read_text()
     assert "Why did the model predict this? (shapes CNN: every method)" in page and "Sanity check" in page
+    assert "What the layers respond to (shapes CNN: layers on shapes)" in page
+    assert "What the layers respond to (shapes CNN: layers on photos)" in page
+    with RunReader(tmp_path / "shapes" / "layers-shapes") as reader:
+        meta = reader.meta()
+        assert meta["layers/top"] == ["features.relu2", "features.relu3"] and meta["layers/occlusion"] == 2
+        assert meta["layers/invariance"] == ["translation", "scale", "rotation"]
+    assert {"occlusion_shapes_CNN__layers_on_shapes_0.png", "invariance_shapes_CNN__layers_on_shapes_rotation.png",
+            "top_shapes_CNN__layers_on_photos_features_relu3.png"} <= figures  # fmt: skip
 
 
 def test_digits_demo_shows_vanishing_gradients_next_to_a_healthy_cnn(tmp_path):

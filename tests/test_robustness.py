@@ -76,3 +76,51 @@ def test_the_occlusion_study_matches_the_occlusion_engine(images, tmp_path):
         occlusion_study(model, images, "4")
     with pytest.raises(ValueError, match="class_names has 2 names"):
         occlusion_study(model, images[0], "4", class_names=["a", "b"])
+
+
+def _state(model):
+    return (
+        model.training,
+        [m.training for m in model.modules()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [p.grad.clone() if p.grad is not None else None for p in model.parameters()],
+        [p.requires_grad for p in model.parameters()],
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+    )
+
+
+def _raising(model, images):
+    with pytest.raises(ValueError, match="one class per image"):  # raised inside, after the first forward passes
+        invariance(model, images, "rotation", values=[0], layers=["1"], labels=[0])
+
+
+def _same(a, b):
+    assert a[0] == b[0] and a[1] == b[1] and a[4] == b[4] and a[5] == b[5]
+    assert all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a[3], b[3], strict=True))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: __import__("deepscope").filters(m),
+        lambda m, x: __import__("deepscope").activations(m, x, ["1", "4"]),
+        lambda m, x: __import__("deepscope").top_activations(m, x, "4", k=2),
+        lambda m, x: __import__("deepscope").deconv_project(m, x, "4"),
+        lambda m, x: __import__("deepscope").receptive_field(m, "4", (3, 16, 16)),
+        lambda m, x: occlusion_study(m, x[0], "4", window=8, stride=4),
+        lambda m, x: invariance(m, x, "rotation", values=[0, 90], layers=["1"]),
+        lambda m, x: _raising(m, x),
+    ],
+    ids=["filters", "activations", "top_activations", "deconv", "receptive", "occlusion", "invariance", "raising"],
+)
+def test_the_layer_toolkit_leaves_the_model_as_it_was(images, call):
+    model = _cnn()
+    model.train()
+    model[0].eval()  # a mixed state must come back mixed
+    model[3].weight.requires_grad_(False)
+    model(images).sum().backward()  # gradients the user has not consumed yet
+    model[1].register_forward_hook(lambda *args: None)  # a hook of the user's
+    before = _state(model)
+    call(model, images)
+    _same(before, _state(model))
