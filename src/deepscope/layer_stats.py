@@ -311,8 +311,10 @@ class _TopK:
         self.positions = torch.empty((*shape, 2), dtype=torch.long, device=device)
 
     def add(self, output: Tensor, offset: int) -> None:
-        n, _, h, w = output.shape
-        maps = output[:, self.channels].reshape(n, len(self.channels), h * w).float()
+        n, count, h, w = output.shape
+        every = len(self.channels) == count and bool((self.channels == torch.arange(count, device=output.device)).all())
+        chosen = output if every else output[:, self.channels]  # no copy when every channel is reported
+        maps = chosen.reshape(n, len(self.channels), h * w).float()
         value, where = maps.max(2)  # (N, C): each image's spatial maximum per channel
         scores = torch.cat([self.scores, value.T], 1)
         indices = torch.cat(
