@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepscope._diagnosis import Finding, RunView, Thresholds, bars_plot, late, lines_plot, register
+from deepscope._diagnosis import Finding, RunView, Thresholds, bars_plot, late, late_start, lines_plot, register
 from deepscope._hashing import duplicates_across
 from deepscope._tags import TAGS
 
@@ -132,7 +132,7 @@ def label_noise(run: RunView, limits: Thresholds) -> list[Finding]:
                 "on held-out data, confident errors also come from over-fitting: check the validation loss",
                 "train with label smoothing or a noise-robust loss until the labels are cleaned",
             ),
-            step_start=int(late(steps[None], limits.late_fraction)[0][0]),
+            step_start=late_start(steps, limits.late_fraction),
             step_end=int(steps[-1]),
             plot=lines_plot(
                 f"Share of probe labels given under {limits.noisy_confidence:.0%} probability",

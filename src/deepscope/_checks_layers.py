@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepscope._diagnosis import Finding, RunView, Thresholds, bars_plot, late, lines_plot, register
+from deepscope._diagnosis import Finding, RunView, Thresholds, bars_plot, late, late_start, lines_plot, register
 
 __all__: list[str] = []  # the checks are reached through deepscope.diagnostics.CHECKS
 
@@ -38,7 +38,7 @@ def dead_units(run: RunView, limits: Thresholds) -> list[Finding]:
     severity = "error" if medians[worst] >= 0.95 else "warning"
     evidence = {"layers": {layers[j]: float(medians[j]) for j in bad}, "threshold": limits.dead_share}
     names = ", ".join(f"{layers[j]} ({medians[j]:.0%})" for j in bad)
-    tail_start = int(late(steps[None], limits.late_fraction)[0][0])
+    tail_start = late_start(steps, limits.late_fraction)
     return [
         Finding(
             "dead_units",
@@ -96,7 +96,7 @@ def low_activation_energy(run: RunView, limits: Thresholds) -> list[Finding]:
                 "add normalisation (BatchNorm/LayerNorm) or residual connections between the layers",
                 "check the initialisation scale of the deep layers (Kaiming for ReLU, Xavier for tanh)",
             ),
-            step_start=int(late(steps[None], limits.late_fraction)[0][0]),
+            step_start=late_start(steps, limits.late_fraction),
             step_end=int(steps[-1]),
             plot=bars_plot(
                 "Activation std per activation layer (median, last half)",
@@ -150,7 +150,7 @@ def vanishing_gradients(run: RunView, limits: Thresholds) -> list[Finding]:
             f"{kind} gradients: ‖∇{layers[first]}‖ / ‖∇{layers[last]}‖ = {typical:.1e} (median of the last half)",
             evidence,
             actions,
-            step_start=int(late(steps[None], limits.late_fraction)[0][0]),
+            step_start=late_start(steps, limits.late_fraction),
             step_end=int(steps[-1]),
             plot=lines_plot(
                 "Gradient norm of the first and last layers",
@@ -193,7 +193,7 @@ def update_ratio(run: RunView, limits: Thresholds) -> list[Finding]:
                 f"{kind} layers, update/weight ratio {'<' if kind == 'frozen' else '>'} {bound:g}: {names}",
                 {"layers": {layers[j]: float(medians[j]) for j in group}, "bound": bound, "healthy": 1e-3},
                 actions,
-                step_start=int(late(steps[None], limits.late_fraction)[0][0]),
+                step_start=late_start(steps, limits.late_fraction),
                 step_end=int(steps[-1]),
                 plot=bars_plot(
                     "Update / weight ratio per layer (median, last half)",
@@ -229,7 +229,7 @@ def residual_idle(run: RunView, limits: Thresholds) -> list[Finding]:
                 "check the branch is wired in (its output added to the skip path) and receives gradients",
                 "if the network is deep enough without them, remove the idle blocks (they cost compute for nothing)",
             ),
-            step_start=int(late(steps[None], limits.late_fraction)[0][0]),
+            step_start=late_start(steps, limits.late_fraction),
             step_end=int(steps[-1]),
             plot=lines_plot(
                 "Residual ratio ‖F(x)‖ / ‖x‖",

@@ -32,6 +32,7 @@ __all__ = [
     "RunView",
     "Thresholds",
     "category_of",
+    "late_start",
     "register",
 ]
 
@@ -317,6 +318,11 @@ def late(values: np.ndarray, fraction: float) -> np.ndarray:
     """The last ``fraction`` of the columns of ``values`` (at least one)."""
     count = values.shape[-1]
     return values[..., min(count - 1, math.floor(count * (1 - fraction))) :]
+
+
+def late_start(steps: np.ndarray, fraction: float) -> int:
+    """The first step of the last ``fraction`` of ``steps`` (where :func:`late` starts)."""
+    return int(late(np.asarray(steps)[None], fraction)[0][0])
 
 
 def smooth(values: np.ndarray, window: int | None = None) -> np.ndarray:
