@@ -90,9 +90,11 @@ def test_top_k_is_sorted_distinct_with_exact_patches(images):
         torch.testing.assert_close(top.scores[c], expected.values)
         assert top.indices[c].tolist() == expected.indices.tolist() and len(set(top.indices[c].tolist())) == 4
     assert top.field.size == (4, 4) and top.field.jump == (2, 2) and top.field.start == (-1, -1)
+    for c in range(2):  # every unit is its map's (first) argmax, whichever batch it was found in
+        argmax = maps[top.indices[c], c].flatten(1).argmax(1)
+        assert top.positions[c].tolist() == torch.stack([argmax // 6, argmax % 6], 1).tolist()
     c, r = 1, 0
     i, j = top.positions[c, r].tolist()
-    assert maps[top.indices[c, r], c, i, j] == top.scores[c, r]
     t, left, b, right = top.boxes[c, r].tolist()
     dy, dx = t - (-1 + 2 * i), left - (-1 + 2 * j)
     image = images[top.indices[c, r]]

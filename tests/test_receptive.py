@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from deepscope.receptive import receptive_field
+from deepscope.receptive import ReceptiveField, receptive_field
 
 
 def _arithmetic(layers):
@@ -68,6 +68,30 @@ def test_fields_wider_than_the_input_grow_the_canvas():
     net = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=1) for _ in range(12)])  # 25 pixels wide
     rf = receptive_field(net, "11", (1, 8, 8))
     assert rf.size == (25, 25) and rf.start == (-12, -12) and rf.box(4, 4, (8, 8)) == (0, 0, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        ReceptiveField("deep", (7, 5), (2, 3), (-3, -2)),  # fits the image; clipped at the borders
+        ReceptiveField("wide", (25, 9), (4, 2), (-12, -4)),  # taller than the image: the tile is the image's height
+    ],
+)
+def test_crop_cuts_each_box_out_of_its_image(field):
+    images = torch.randn(30, 2, 12, 10, generator=torch.Generator().manual_seed(0))
+    rows, cols = torch.randint(0, 4, (30,)), torch.randint(0, 4, (30,))
+    tiles, inside, boxes = field.crop(images, rows, cols)
+    tile_h, tile_w = min(field.size[0], 12), min(field.size[1], 10)
+    assert tiles.shape == (30, 2, tile_h, tile_w) and inside.shape == (30, tile_h, tile_w)
+    for m, (i, j) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        top, left, bottom, right = field.box(i, j, (12, 10))
+        assert tuple(boxes[m].tolist()) == (top, left, bottom, right)
+        dy = top - field.box(i, j)[0] if tile_h == field.size[0] else 0
+        dx = left - field.box(i, j)[1] if tile_w == field.size[1] else 0
+        expected = torch.zeros(2, tile_h, tile_w)
+        expected[:, dy : dy + bottom - top, dx : dx + right - left] = images[m, :, top:bottom, left:right]
+        assert torch.equal(tiles[m], expected)
+        assert int(inside[m].sum()) == (bottom - top) * (right - left) and bool(inside[m][expected[0] != 0].all())
 
 
 def test_layers_without_a_grid_are_refused():

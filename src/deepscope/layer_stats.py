@@ -35,7 +35,7 @@ from deepscope.repro import library_versions
 __all__ = ["ActivationStats", "ChannelStats", "TopActivations", "activations", "top_activations"]
 
 _SATURATION_MARGIN = 0.01  # share of a bounded activation's range counted as "at the bound"
-_HISTOGRAM_SAMPLE = 1 << 17  # about how many values of each batch the histogram counts (whole inputs, evenly spaced)
+_HISTOGRAM_SAMPLE = 1 << 15  # about how many values of each batch the histogram counts (whole inputs, evenly spaced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class ChannelStats:
 
     ``saturation`` is NaN for unbounded activations. ``histogram`` counts the layer's values in
     ``bins`` equal buckets between ``edges[0]`` and ``edges[-1]`` (the range of the first batch,
-    widened by half on each side) on evenly spaced whole inputs of each batch, about 131,072 values
+    widened by half on each side) on evenly spaced whole inputs of each batch, about 32,768 values
     per batch (every value for smaller outputs; ``sampled`` says how many); ``below`` and ``above``
     count the sampled values outside the range, so nothing is dropped unseen. Everything else is exact.
     """
@@ -161,8 +161,9 @@ def activations(
                 moments = running.setdefault(name, _Moments(output, bins, bounds[name]))
                 moments.add(output)
                 if seen <= example < seen + output.shape[0]:
-                    moments.example = output[example - seen].detach().float().cpu()
+                    moments.example = output[example - seen].detach().float().cpu().clone()
             seen += batch.shape[0]
+            del outputs, output  # freed before the next forward pass allocates its own
     if not seen:
         raise ValueError("data holds no input")
     if example >= seen:
@@ -210,7 +211,7 @@ def top_activations(
     with preserved(model, grads=False), torch.inference_mode():
         model.eval()
         for batch in track(batches(data, batch_size), "top activations", total=_batch_count(data, batch_size)):
-            first = batch[:1] if first is None else first
+            first = batch[:1].clone() if first is None else first  # a copy: a view would keep the batch alive
             output = forward_until(model, {name: module}, batch.to(device))[name]
             if output.ndim != 4:
                 raise ValueError(
@@ -218,9 +219,10 @@ def top_activations(
                     "choose a convolution or pooling layer"
                 )
             if best is None:
-                best = _TopK(_channels(channels, output.shape[1]), k, device)
+                best = _TopK(_channels(channels, output.shape[1]), output.shape[1], k, device)
             best.add(output, seen)
             seen += batch.shape[0]
+            del output  # freed before the next forward pass allocates its own
     if best is None or first is None:
         raise ValueError("data holds no input")
     if k > seen:
@@ -254,17 +256,26 @@ class _Moments:
         self.histogram = torch.zeros(bins, dtype=torch.float64, device=first.device)
         self.below = self.above = self.sampled = 0
         self.shift: Tensor | None = None
+        self.buffer: Tensor | None = None
         self.example: Tensor | None = None
 
     def add(self, output: Tensor) -> None:
-        x = output.detach().float()
-        dims = (0, *range(2, x.ndim))  # every dim but the channels
-        view = (1, -1, *([1] * (x.ndim - 2)))
+        x = output.detach().float().reshape(output.shape[0], output.shape[1], -1)  # (N, C, positions)
+        if self.buffer is None or self.buffer.shape[1:] != x.shape[1:] or len(self.buffer) < len(x):
+            self.buffer = torch.empty_like(x)  # one scratch tensor for every pass: no allocation per batch
+        scratch = self.buffer[: len(x)]
+        n = x.shape[0] * x.shape[2]
+        self.zeros += n - _per_channel(torch.ne(x, 0, out=scratch), torch.sum).double()
+        if self.bounds is not None:  # within the margin of either bound: |x - middle| >= half range - margin
+            low, high = self.bounds
+            reach = (high - low) / 2 - _SATURATION_MARGIN * (high - low)
+            outside = torch.sub(x, (low + high) / 2, out=scratch).abs_().ge_(reach)
+            self.saturated += _per_channel(outside, torch.sum).double()
         if self.shift is None:  # sums around the first batch's channel means: no cancellation when mean >> std
-            self.shift = x.mean(dims)
-        d = x - self.shift.view(view)
-        n = x.numel() // x.shape[1]
-        total, squares = d.sum(dims).double(), (d * d).sum(dims).double()
+            self.shift = _per_channel(x, torch.sum) / n
+        d = torch.sub(x, self.shift[:, None], out=scratch)
+        total = _per_channel(d, torch.sum).double()
+        squares = _per_channel(d.square_(), torch.sum).double()
         batch_mean = self.shift.double() + total / n
         batch_m2 = (squares - total * total / n).clamp_min(0)
         count = self.count + n
@@ -272,20 +283,16 @@ class _Moments:
         self.mean += delta * (n / count)
         self.m2 += batch_m2 + delta.square() * (self.count * n / count)
         self.count = count
-        low_batch, high_batch = x.amin(dims), x.amax(dims)
+        low_batch, high_batch = _per_channel(x, torch.amin), _per_channel(x, torch.amax)
         self.min = torch.minimum(self.min, low_batch.double())
         self.max = torch.maximum(self.max, high_batch.double())
-        self.zeros += n - x.sign().abs_().sum(dims).double()  # |sign| is 1 for every non-zero value
-        if self.bounds is not None:
-            low, high = self.bounds
-            margin = _SATURATION_MARGIN * (high - low)
-            self.saturated += ((x <= low + margin) | (x >= high - margin)).sum(dims)
-        sample = x[:: max(1, math.ceil(x.numel() / _HISTOGRAM_SAMPLE))] if x.ndim >= 2 else x
+        sample = x[:: max(1, math.ceil(x.numel() / _HISTOGRAM_SAMPLE))]
         low, high = float(self.edges[0]), float(self.edges[-1])
         self.histogram += torch.histc(sample, bins=len(self.histogram), min=low, max=high).double()
         self.sampled += sample.numel()
-        self.below += int((sample < low).sum())
-        self.above += int((sample > high).sum())
+        if float(low_batch.min()) < low or float(high_batch.max()) > high:  # else nothing can fall outside
+            self.below += int((sample < low).sum())
+            self.above += int((sample > high).sum())
 
     def result(self, name: str) -> ChannelStats:
         cpu = lambda t: t.cpu()  # noqa: E731
@@ -300,10 +307,15 @@ class _Moments:
 
 
 class _TopK:
-    """The running top ``k`` spatial maxima of each channel, with the image position and the argmax unit."""
+    """The running top ``k`` spatial maxima of each channel, with the image position and the argmax unit.
 
-    def __init__(self, channels: Tensor, k: int, device: torch.device) -> None:
+    Each batch costs one max-reduction of its maps; the argmax is looked up only for the maps that
+    enter the top ``k`` (at most ``C × k`` of them), not for every image.
+    """
+
+    def __init__(self, channels: Tensor, count: int, k: int, device: torch.device) -> None:
         self.channels = channels.to(device)
+        self.every = torch.equal(channels, torch.arange(count))  # every channel reported: no copy of the maps
         self.k = k
         shape = (len(channels), 0)
         self.scores = torch.empty(shape, device=device)
@@ -311,23 +323,29 @@ class _TopK:
         self.positions = torch.empty((*shape, 2), dtype=torch.long, device=device)
 
     def add(self, output: Tensor, offset: int) -> None:
-        n, count, h, w = output.shape
-        every = len(self.channels) == count and bool((self.channels == torch.arange(count, device=output.device)).all())
-        chosen = output if every else output[:, self.channels]  # no copy when every channel is reported
-        maps = chosen.reshape(n, len(self.channels), h * w).float()
-        value, where = maps.max(2)  # (N, C): each image's spatial maximum per channel
-        scores = torch.cat([self.scores, value.T], 1)
-        indices = torch.cat(
-            [self.indices, (offset + torch.arange(n, device=output.device)).expand(len(self.channels), n)], 1
-        )
-        positions = torch.cat([self.positions, torch.stack([where.T // w, where.T % w], 2)], 1)
+        n, _, h, w = output.shape
+        maps = (output if self.every else output[:, self.channels]).reshape(n, len(self.channels), h * w)
+        scores = torch.cat([self.scores, maps.amax(2).float().T], 1)  # (C, kept + N)
         keep = scores.topk(min(self.k, scores.shape[1]), dim=1).indices  # (C, k) sorted, descending
-        self.scores = scores.gather(1, keep)
-        self.indices = indices.gather(1, keep)
-        self.positions = positions.gather(1, keep[..., None].expand(-1, -1, 2))
+        kept, fresh = self.scores.shape[1], keep >= self.scores.shape[1]
+        column = torch.arange(len(self.channels), device=output.device)[:, None].expand_as(keep)
+        where = maps[(keep - kept).clamp_min(0), column].argmax(2)  # (C, k) argmax, used where the map is fresh
+        positions, indices = torch.stack([where // w, where % w], 2), keep - kept + offset
+        if kept:  # entries kept from earlier batches keep their image and unit
+            earlier = keep.clamp_max(kept - 1)
+            positions = torch.where(
+                fresh[..., None], positions, self.positions.gather(1, earlier[..., None].expand(-1, -1, 2))
+            )
+            indices = torch.where(fresh, indices, self.indices.gather(1, earlier))
+        self.scores, self.indices, self.positions = scores.gather(1, keep), indices, positions
 
     def result(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.scores, self.indices, self.positions
+
+
+def _per_channel(x: Tensor, reduce: Any) -> Tensor:
+    """``reduce`` (sum, amin, amax) of ``(N, C, P)`` over images and positions, the contiguous axis first (faster)."""
+    return reduce(reduce(x, 2), 0)
 
 
 def _channels(channels: Sequence[int] | Tensor | None, count: int) -> Tensor:
@@ -359,34 +377,18 @@ def _patches(
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Crop each top unit's receptive field out of its image (and out of its DeconvNet projection)."""
     c, k = indices.shape
-    flat_index = indices.reshape(-1)
-    images = fetch(data, flat_index.tolist()).float()  # (C·k, C_in, H, W)
-    height, width = images.shape[-2:]
-    units = torch.stack(
-        [channels.repeat_interleave(k), positions[..., 0].reshape(-1), positions[..., 1].reshape(-1)], 1
-    )
-    projected = deconv_project(model, images, layer, units).cpu() if project else None
-    tile_h, tile_w = min(field.size[0], height), min(field.size[1], width)  # a field wider than the image: the image
-    patches = torch.zeros(c * k, images.shape[1], tile_h, tile_w)
-    tiles = torch.zeros(c * k, images.shape[1], tile_h, tile_w) if project else None
-    inside = torch.zeros(c * k, tile_h, tile_w, dtype=torch.bool)
-    boxes = torch.zeros(c * k, 4, dtype=torch.long)
-    for m, (i, j) in enumerate(units[:, 1:].tolist()):
-        top, left, _, _ = field.box(i, j)
-        clipped = field.box(i, j, (height, width))
-        boxes[m] = torch.tensor(clipped)
-        dy = clipped[0] - top if tile_h == field.size[0] else 0
-        dx = clipped[1] - left if tile_w == field.size[1] else 0
-        rows, cols = clipped[2] - clipped[0], clipped[3] - clipped[1]
-        window = (slice(None), slice(clipped[0], clipped[2]), slice(clipped[1], clipped[3]))
-        patches[m, :, dy : dy + rows, dx : dx + cols] = images[m][window]
-        inside[m, dy : dy + rows, dx : dx + cols] = True
-        if tiles is not None and projected is not None:
-            tiles[m, :, dy : dy + rows, dx : dx + cols] = projected[m][window]
+    images = fetch(data, indices.reshape(-1).tolist()).float()  # (C·k, C_in, H, W)
+    rows, cols = positions[..., 0].reshape(-1), positions[..., 1].reshape(-1)
+    projected = None
+    if project:
+        units = torch.stack([channels.repeat_interleave(k), rows, cols], 1)
+        projected = field.crop(deconv_project(model, images, layer, units), rows, cols)[0]
+    patches, inside, boxes = field.crop(images, rows, cols)
+    tile_h, tile_w = patches.shape[-2:]
     shape = (c, k, images.shape[1], tile_h, tile_w)
     return (
         patches.reshape(shape),
-        tiles.reshape(shape) if tiles is not None else None,
+        projected.reshape(shape) if projected is not None else None,
         inside.reshape(c, k, tile_h, tile_w),
         boxes.reshape(c, k, 4),
     )

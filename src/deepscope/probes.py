@@ -394,23 +394,9 @@ class FeatureEvolution(Probe):
             run.set_meta(TAGS.EVOLUTION.format(layer=self.layer), {"channels": self.channels, "field": field})
         units = torch.stack([torch.tensor(self.channels), row.cpu(), col.cpu()], 1)
         projections = deconv_project(self.model, images, self.layer, units).cpu()
-        patches, tiles = _field_tiles(images, self.field, units), _field_tiles(projections, self.field, units)
+        patches, tiles = (self.field.crop(t, row.cpu(), col.cpu())[0] for t in (images, projections))
         base = TAGS.EVOLUTION.format(layer=self.layer)
         run.add_tensor(f"{base}/patches", view.step, patches.numpy().astype(np.float16))
         run.add_tensor(f"{base}/projections", view.step, tiles.numpy())
         run.add_tensor(f"{base}/scores", view.step, value.cpu().numpy())
         run.add_tensor(f"{base}/images", view.step, best.cpu().numpy().astype(np.int64))
-
-
-def _field_tiles(images: Tensor, field: Any, units: Tensor) -> Tensor:
-    """``(C, C_in, h, w)`` the receptive field of each unit cut out of its image, zeros where it leaves the image."""
-    height, width = images.shape[-2:]
-    tile_h, tile_w = min(field.size[0], height), min(field.size[1], width)
-    tiles = torch.zeros(len(units), images.shape[1], tile_h, tile_w)
-    for m, (i, j) in enumerate(units[:, 1:].tolist()):
-        top, left, _, _ = field.box(i, j)
-        t, lft, b, r = field.box(i, j, (height, width))
-        dy = t - top if tile_h == field.size[0] else 0
-        dx = lft - left if tile_w == field.size[1] else 0
-        tiles[m, :, dy : dy + b - t, dx : dx + r - lft] = images[m, :, t:b, lft:r]
-    return tiles

@@ -70,6 +70,32 @@ class ReceptiveField:
             bottom, right = min(bottom, image_size[0]), min(right, image_size[1])
         return top, left, bottom, right
 
+    def crop(self, images: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Cut the field of unit ``(rows[m], cols[m])`` out of ``images[m]`` for every ``m``, in one gather.
+
+        Returns ``tiles`` ``(M, C, h, w)`` (zeros where the field leaves the image), ``inside``
+        ``(M, h, w)`` and the clipped ``boxes`` ``(M, 4)`` as :meth:`box` gives them. A tile is the
+        field's size, or the image's side where the field is larger (then it starts at the clipped edge).
+        """
+        height, width = images.shape[-2:]
+        vertical = _span(rows.long().cpu(), self.start[0], self.jump[0], self.size[0], height)
+        horizontal = _span(cols.long().cpu(), self.start[1], self.jump[1], self.size[1], width)
+        (ys, inside_y, top, bottom), (xs, inside_x, left, right) = vertical, horizontal
+        which = torch.arange(len(images))[:, None, None]
+        tiles = images.cpu()[which, :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2)  # (M, C, h, w)
+        inside = inside_y[:, :, None] & inside_x[:, None, :]
+        return tiles.where(inside[:, None], 0), inside, torch.stack([top, left, bottom, right], 1)
+
+
+def _span(units: Tensor, start: int, jump: int, size: int, side: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Along one axis: each unit's tile coordinates in the image (clamped), which lie inside, and its clipped extent."""
+    first = start + units * jump
+    low, high = first.clamp_min(0), (first + size).clamp_max(side)
+    length = min(size, side)
+    coords = (first if length == size else low)[:, None] + torch.arange(length)
+    inside = (coords >= low[:, None]) & (coords < high[:, None])
+    return coords.clamp(0, side - 1), inside, low, high
+
 
 def receptive_field(model: nn.Module, layer: LayerSpec, input_shape: Sequence[int]) -> ReceptiveField:
     """Measure the receptive field of ``layer`` (a module with ``(N, C, H, W)`` output) for inputs ``(C, H, W)``.
