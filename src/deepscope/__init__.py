@@ -34,6 +34,8 @@ _EXPORTS = {
     "receptive_field": "deepscope.receptive",
     "FeatureEvolution": "deepscope.probes",
     "Finding": "deepscope.diagnostics",
+    "evaluate": "deepscope.evaluation",
+    "Evaluation": "deepscope.evaluation",
     "explain": "deepscope.attribution",
     "compare": "deepscope.attribution",
     "AttributionMap": "deepscope.attribution",
@@ -52,7 +54,7 @@ _EXPORTS = {
 }
 
 # sub-packages reachable as attributes, e.g. ``ds.attribution.smooth``, ``ds.datasets.shapes``
-_SUBMODULES = ("attribution", "datasets", "demos", "diagnostics", "plots", "probes", "report", "store")
+_SUBMODULES = ("attribution", "datasets", "demos", "diagnostics", "evaluation", "plots", "probes", "report", "store")
 
 __all__ = ["__version__", *sorted(_EXPORTS), *_SUBMODULES]
 

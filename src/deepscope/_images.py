@@ -1,4 +1,4 @@
-"""Load image files for the command line: RGB, resized, as a normalised batch plus a display copy."""
+"""Load image files for the command line: RGB, resized, as a normalised batch plus a display copy, or streamed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "load_images"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LabelledImages", "load_images", "read_labelled"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,3 +52,46 @@ def load_images(
     batch = torch.from_numpy(display).permute(0, 3, 1, 2)  # (N, 3, H, W)
     batch = (batch - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     return batch.contiguous(), display
+
+
+_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Image files with integer labels, read one at a time, so a ``DataLoader`` streams them."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], *, size: int, raw: bool) -> None:
+        self.paths, self.labels, self.size = list(paths), list(labels), size
+        self.norm = {"mean": (0, 0, 0), "std": (1, 1, 1)} if raw else {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        batch, _ = load_images([self.paths[index]], size=self.size, **self.norm)
+        return batch[0], self.labels[index]
+
+
+def read_labelled(source: Path) -> tuple[list[Path], list[str], dict[str, list[str]]]:
+    """Image paths, label texts and the other columns of ``source``.
+
+    ``source`` is a CSV file with a ``path`` and a ``label`` column (paths relative to the file; any
+    other column, e.g. a site or a scanner, is returned for groups), or a folder with one sub-folder
+    of images per class (the class is the sub-folder's name).
+    """
+    import csv
+
+    if source.is_dir():
+        found = sorted((p for p in source.glob("*/*") if p.suffix.lower() in _SUFFIXES), key=lambda p: str(p))
+        if not found:
+            raise ValueError(f"{source} has no class sub-folders of images ({', '.join(_SUFFIXES)})")
+        return found, [p.parent.name for p in found], {}
+    if not source.is_file():
+        raise FileNotFoundError(f"data not found: {source} (a CSV with path,label columns or a folder of classes)")
+    with source.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = list(rows[0]) if rows else []
+    if "path" not in columns or "label" not in columns:
+        raise ValueError(f"{source} needs 'path' and 'label' columns; it has {columns or 'no rows'}")
+    others = {c: [r[c] for r in rows] for c in columns if c not in ("path", "label")}
+    return [source.parent / r["path"] for r in rows], [r["label"] for r in rows], others

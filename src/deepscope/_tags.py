@@ -51,4 +51,5 @@ class TAGS:
     QUANTILE_LEVELS = "health/quantile_levels"
     ATTRIBUTION = "attribution"  # prefix of every tag and meta key written by Comparison.record
     LAYER_VIEWS = "layers"  # prefix of every tag and meta key written by LayerInspection.record
+    EVALUATION = "evaluation"  # prefix of every tag and meta key written by Evaluation.record
     DOCTOR_CHECKS = "doctor/checks"  # the checks whose findings the run holds (deepscope.diagnostics.doctor)

@@ -123,6 +123,65 @@ def inspect(
 
 
 @app.command()
+def evaluate(
+    model: _ModelArg,
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="A CSV with path,label columns (+ metadata), or a folder per class.")
+    ],
+    groups: Annotated[
+        str | None, typer.Option(help="A CSV column whose values are groups (site, sex, scanner…).")
+    ] = None,
+    class_names: Annotated[
+        str | None, typer.Option(help="Comma-separated class names in output order (default: from the data).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    weights: _WeightsOpt = None,
+    trust_checkpoint: _TrustOpt = False,
+    size: _SizeOpt = 224,
+    no_normalize: _RawOpt = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run and its report.")] = Path(
+        "runs/evaluate"
+    ),
+) -> None:
+    """Evaluate a classifier on labelled images: per-class metrics with intervals, errors, calibration, groups."""
+    from deepscope._images import LabelledImages, read_labelled
+    from deepscope.evaluation import evaluate as run_evaluation
+    from deepscope.report import build_report
+
+    paths, texts, columns = read_labelled(data)
+    if groups is not None and groups not in columns:
+        raise typer.BadParameter(f"no column {groups!r} in {data}; columns: {', '.join(columns) or 'none'}")
+    names = class_names.split(",") if class_names else None
+    labels, names = _label_indices(texts, names)
+    net = _load_cli_model(model, weights, trust_checkpoint)
+    images = LabelledImages(paths, labels, size=size, raw=no_normalize)
+    result = run_evaluation(
+        net, images, names, groups=columns[groups] if groups else None, batch_size=batch_size,
+        description=f"{len(paths)} images from {data}",
+    )  # fmt: skip
+    run = result.record(out / "evaluation", name=f"{model}: evaluation", overwrite=True)
+    console = _console()
+    console.print("  ".join(f"{key}={cell(value)}" for key, value in result.summary().items()))
+    for row in result.table():
+        console.print(
+            "  ".join(f"{key}={cell(value)}" for key, value in row.items() if not key.endswith(("_low", "_high")))
+        )
+    console.print(f"run: {run.resolve()}\nreport: {build_report(out).resolve()}")
+
+
+def _label_indices(texts: list[str], names: list[str] | None) -> tuple[list[int], list[str] | None]:
+    """Integer labels as given; named labels as positions in ``names`` (default: the sorted distinct names)."""
+    if all(t.strip().lstrip("-").isdigit() for t in texts):
+        return [int(t) for t in texts], names
+    known = names or sorted(set(texts))
+    unknown = sorted(set(texts) - set(known))
+    if unknown:
+        raise typer.BadParameter(f"labels {unknown[:5]} are not among the class names {known[:10]}")
+    index = {name: i for i, name in enumerate(known)}
+    return [index[t] for t in texts], known
+
+
+@app.command()
 def doctor(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs.")],
     record: Annotated[

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from deepscope.errors import UnknownNameError
 
-__all__ = ["BACKGROUNDS", "PHOTOS", "SHAPES", "ShapesData", "digits", "sample_photos", "shapes"]
+__all__ = ["BACKGROUNDS", "CUE_COLORS", "PHOTOS", "SHAPES", "ShapesData", "digits", "sample_photos", "shapes"]
 
 _Mask = Callable[[Tensor, Tensor], Tensor]  # (u, v) shape coordinates in radius units -> bool mask
 
@@ -67,6 +67,9 @@ _EXTENT = 1.2  # radius units: the farthest point of any shape from its centre
 BACKGROUNDS = ("texture", "noise", "stripes", "plain")
 """Backgrounds of :func:`shapes`: smooth noise plus stripes, either alone, or one flat colour."""
 
+CUE_COLORS = ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (0.0, 0.0, 0.0))
+"""Marker colour of each class index for :func:`shapes`' ``cue`` (red, blue, yellow, cyan, magenta, black)."""
+
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 """Colour photographs bundled with scikit-image, accepted by :func:`sample_photos`."""
 
@@ -83,6 +86,8 @@ class ShapesData:
             torchvision convention): the mask's pixels ``x_min <= x < x_max``, ``y_min <= y < y_max``.
         colors: ``(N, 3)`` float32, the object's RGB colour.
         class_names: the name of each label index.
+        cues: ``(N,)`` int64, the class whose colour the corner marker shows (``-1``: no marker; see
+            :func:`shapes`' ``cue``).
     """
 
     images: Tensor
@@ -91,6 +96,7 @@ class ShapesData:
     boxes: Tensor
     colors: Tensor
     class_names: tuple[str, ...]
+    cues: Tensor | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -104,6 +110,7 @@ class ShapesData:
             boxes=self.boxes[index],
             colors=self.colors[index],
             class_names=self.class_names,
+            cues=self.cues[index] if self.cues is not None else None,
         )
 
     def to(self, device: torch.device | str) -> ShapesData:
@@ -115,6 +122,7 @@ class ShapesData:
             boxes=self.boxes.to(device),
             colors=self.colors.to(device),
             class_names=self.class_names,
+            cues=self.cues.to(device) if self.cues is not None else None,
         )
 
 
@@ -126,6 +134,7 @@ def shapes(
     seed: int = 0,
     background: str = "texture",
     radius: tuple[float, float] = (0.12, 0.22),
+    cue: float | None = None,
     device: torch.device | str | None = None,
 ) -> ShapesData:
     """Draw ``n`` images of one filled shape each, on a background that does not reveal the class.
@@ -145,6 +154,11 @@ def shapes(
         seed: the seed of the generator every random choice comes from.
         background: one of :data:`BACKGROUNDS`.
         radius: the range of the shape radius, as fractions of ``size`` (uniform; at most 0.35).
+        cue: add a spurious cue: a square marker in the top-left corner (side ``size // 8``, under the
+            object when they overlap) painted in a class colour of :data:`CUE_COLORS`. With probability
+            ``cue`` it shows the image's own class, otherwise a uniformly drawn one: ``1`` makes the
+            marker reveal the class, ``0`` makes it independent of the class (a de-biased test set).
+            ``None`` (default): no marker, and the images are exactly those drawn without this argument.
         device: where the returned tensors live (default: CPU).
 
     Returns:
@@ -171,6 +185,10 @@ def shapes(
         raise ValueError(f"classes contain duplicates: {names}")
     if background not in BACKGROUNDS:
         raise UnknownNameError("background", background, BACKGROUNDS)
+    if cue is not None and not (isinstance(cue, (int, float)) and 0 <= cue <= 1):
+        raise ValueError(f"cue must be a probability in [0, 1] or None, got {cue!r}")
+    if cue is not None and len(names) > len(CUE_COLORS):
+        raise ValueError(f"a cue marker has {len(CUE_COLORS)} colours, so at most {len(CUE_COLORS)} classes")
     low, high = (float(r) for r in radius)
     if not 0 < low <= high <= 0.35:
         raise ValueError(
@@ -202,6 +220,9 @@ def shapes(
         pick = labels == label
         masks[pick] = SHAPES[name](u[pick], v[pick])
 
+    cues = None
+    if cue is not None:  # drawn last: without a cue the random stream, hence the images, are unchanged
+        cues = _paint_cues(backdrop, labels, k, float(cue), g)
     images = torch.where(masks[:, None], colors[:, :, None, None], backdrop)  # (N, 3, H, W)
     data = ShapesData(
         images=images.contiguous(),
@@ -210,8 +231,19 @@ def shapes(
         boxes=_boxes(masks),
         colors=colors,
         class_names=names,
+        cues=cues,
     )
     return data if device is None else data.to(device)
+
+
+def _paint_cues(backdrop: Tensor, labels: Tensor, classes: int, agreement: float, g: torch.Generator) -> Tensor:
+    """Paint the corner marker into ``backdrop`` in place; return the class each marker shows ``(N,)``."""
+    n, _, size, _ = backdrop.shape
+    agrees = torch.rand(n, generator=g) < agreement
+    cues = torch.where(agrees, labels, torch.randint(0, classes, (n,), generator=g))  # (N,)
+    side = max(2, size // 8)
+    backdrop[:, :, :side, :side] = torch.tensor(CUE_COLORS)[cues][:, :, None, None]
+    return cues
 
 
 def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:

@@ -98,6 +98,7 @@ class ShapesCNNConfig:
     widths: tuple[int, int, int] = (16, 32, 64)
     batch_size: int = 32
     lr: float = 5e-3
+    cue: float | None = None  # the training images' corner-marker agreement (datasets.shapes' cue); None: no marker
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.n_train < self.batch_size or self.n_test < 1 or self.batch_size < 1:
@@ -109,12 +110,18 @@ class ShapesCNNConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
     def train_data(self) -> ShapesData:
-        """The training set: ``shapes(n_train, seed=2 * seed)``."""
-        return shapes(self.n_train, self.size, classes=self.classes, seed=2 * self.seed, radius=self.radius)
+        """The training set: ``shapes(n_train, seed=2 * seed, cue=cue)``."""
+        return shapes(
+            self.n_train, self.size, classes=self.classes, seed=2 * self.seed, radius=self.radius, cue=self.cue
+        )
 
     def test_data(self) -> ShapesData:
-        """The held-out set, disjoint draws from the same distribution: ``shapes(n_test, seed=2 * seed + 1)``."""
-        return shapes(self.n_test, self.size, classes=self.classes, seed=2 * self.seed + 1, radius=self.radius)
+        """The held-out set, disjoint draws: ``shapes(n_test, seed=2 * seed + 1)``.
+
+        When training had a corner marker, the held-out images have one too, independent of the class.
+        """
+        cue = None if self.cue is None else 0.0  # de-biased: the marker is there but carries no information
+        return shapes(self.n_test, self.size, classes=self.classes, seed=2 * self.seed + 1, radius=self.radius, cue=cue)
 
 
 def default_cache_dir() -> Path:
@@ -148,6 +155,7 @@ def train_shapes_cnn(
     n_train: int = 3000,
     size: int = 64,
     cache: bool = True,
+    cue: float | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[ShapesCNN, ShapesData]:
     """Return a :class:`ShapesCNN` trained on synthetic shapes, and its held-out set.
@@ -168,12 +176,14 @@ def train_shapes_cnn(
         n_train: training images.
         size: image side in pixels.
         cache: read and write the cache; ``False`` always trains and writes nothing.
+        cue: train on images with a class-revealing corner marker of this agreement (``datasets.shapes``'
+            ``cue``); the held-out set then has the marker independent of the class.
         device: where the returned model and data live (default: CPU).
 
     Returns:
         ``(model, held_out)``: the model in eval mode and the 1000 held-out :class:`ShapesData` images.
     """
-    config = ShapesCNNConfig(seed=seed, epochs=epochs, n_train=n_train, size=size)
+    config = ShapesCNNConfig(seed=seed, epochs=epochs, n_train=n_train, size=size, cue=cue)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"shapes_cnn-{cache_key(config)}{'.safetensors' if _has_safetensors() else '.pt'}"
     with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's global RNG is untouched

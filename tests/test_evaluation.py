@@ -1,0 +1,190 @@
+"""deepscope.evaluate: streamed metrics against scikit-learn, the cue audit on a biased CNN, records, CLI, errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from deepscope.cli import main
+from deepscope.datasets import shapes
+from deepscope.demos.shapes_cnn import ShapesCNNConfig, accuracy, train_shapes_cnn
+from deepscope.evaluation import evaluate
+from deepscope.report import build_report
+from deepscope.store import RunReader
+
+
+def _linear(features=5, classes=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 8), nn.ReLU(), nn.Linear(8, classes))
+
+
+@pytest.fixture
+def table(generator):
+    x = torch.randn(300, 5, generator=generator)
+    y = torch.randint(0, 3, (300,), generator=generator)
+    return x, y
+
+
+def test_streamed_metrics_equal_scikit_learn_on_the_whole_data(table):
+    model = _linear()
+    x, y = table
+    result = evaluate(model, (x, y), ["a", "b", "c"], batch_size=64, resamples=200, max_points=100)
+    with torch.no_grad():
+        probs = model(x).softmax(1).numpy()
+    preds = probs.argmax(1)
+    assert result.metrics.accuracy.value == pytest.approx(accuracy_score(y, preds))
+    assert np.array_equal(result.metrics.confusion, confusion_matrix(y, preds, labels=[0, 1, 2]))
+    assert result.metrics.accuracy.low <= result.metrics.accuracy.value <= result.metrics.accuracy.high
+    losses = -np.log(probs[np.arange(300), y.numpy()])
+    assert result.gallery.losses[0] == pytest.approx(losses[preds != y.numpy()].max(), rel=1e-5)
+    assert np.all(np.diff(result.gallery.losses) <= 0)  # worst first
+    assert np.mean(losses) == pytest.approx(log_loss(y, probs, labels=[0, 1, 2]), rel=1e-5)
+    assert result.gallery.maps is None and len(result.gallery.indices) == 12  # no spatial layer: no maps
+    assert result.embedding is not None and result.embedding.points.shape == (100, 2)  # evenly spaced subsample
+    assert result.embedding.layer == "2 (input)"
+    loader = DataLoader(TensorDataset(x, y), batch_size=50)  # the same numbers from a loader
+    again = evaluate(model, loader, ["a", "b", "c"], resamples=200, max_points=100)
+    assert np.array_equal(again.metrics.confusion, result.metrics.confusion)
+    assert again.calibration.ece == pytest.approx(result.calibration.ece)
+    assert [row["class"] for row in result.table()] == ["a", "b", "c"]
+
+
+def test_one_logit_is_a_binary_task_with_curves(generator):
+    x = torch.randn(200, 4, generator=generator)
+    y = (x[:, 0] + 0.5 * torch.randn(200, generator=generator) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    result = evaluate(model, (x, y), resamples=100)
+    with torch.no_grad():
+        score = torch.sigmoid(model(x)).flatten().numpy()
+    assert result.class_names == ("0", "1")
+    assert result.curves is not None and result.curves.roc_auc == pytest.approx(roc_auc_score(y, score))
+    assert result.summary()["roc_auc"] == pytest.approx(result.curves.roc_auc)
+
+
+@pytest.fixture(scope="module")
+def shapes_cnns():
+    """The clean and the biased shapes CNN (cached, shared with the spurious demo)."""
+    return {label: train_shapes_cnn(cue=agreement) for label, agreement in (("clean", 0.0), ("biased", 0.95))}
+
+
+def test_the_audit_flags_the_biased_cnn_and_not_the_clean_one(shapes_cnns):
+    verdicts = {}
+    for label, (model, held_out) in shapes_cnns.items():
+        test = held_out.subset(slice(0, 400))
+        agrees = (test.cues == test.labels).tolist()
+        groups = ["agrees" if a else "disagrees" for a in agrees]
+        result = evaluate(
+            model, (test.images, test.labels), test.class_names, groups=groups, masks=test.masks, audit_samples=200,
+            resamples=200,
+        )  # fmt: skip
+        biased_like = shapes(400, seed=99, cue=0.95, radius=ShapesCNNConfig().radius)
+        verdicts[label] = (result, accuracy(model, biased_like))
+    clean, clean_biased_acc = verdicts["clean"]
+    biased, biased_biased_acc = verdicts["biased"]
+    assert clean.audit.flagged == [] and clean.metrics.accuracy.value > 0.9
+    assert biased.audit.flagged == [0, 1, 2, 3]  # every class: the attribution sits on the corner marker
+    assert biased_biased_acc > 0.9 and biased.metrics.accuracy.value < 0.4  # high on biased data, chance when not
+    assert biased.groups.largest_gap > 0.8 and clean.groups.largest_gap < 0.1
+    assert np.all(biased.audit.per_class.value < biased.audit.class_area)  # less than a uniform map would give
+    assert clean_biased_acc > 0.9
+    assert len(biased.audit.example_inputs) == 16 and biased.gallery.maps is not None
+
+
+def test_the_model_is_left_as_it_was(shapes_cnns):
+    model, held_out = shapes_cnns["clean"]
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    model.fc.weight.requires_grad_(False)
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    try:
+        evaluate(model, (held_out.images[:80], held_out.labels[:80]), masks=held_out.masks[:80], resamples=10)
+        assert model.training and all(m.training for m in model.modules())
+        assert not model.fc.weight.requires_grad
+        after = [p.grad for p in model.parameters()]
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, after, strict=True))
+        assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+    finally:
+        model.fc.weight.requires_grad_(flags[-2])
+        model.eval()
+
+
+def test_an_evaluation_is_recorded_and_reported_with_escaped_names(tmp_path, shapes_cnns):
+    model, held_out = shapes_cnns["biased"]
+    test = held_out.subset(slice(0, 120))
+    names = ["<b>circle</b>", "square", "triangle", "cross"]
+    groups = ["site <A>" if i % 2 else "site B" for i in range(120)]
+    result = evaluate(
+        model, (test.images, test.labels), names, groups=groups, masks=test.masks, audit_samples=40, resamples=50
+    )
+    run = result.record(tmp_path / "eval", name="biased")
+    with RunReader(run) as reader:
+        meta = reader.meta()
+        assert meta["evaluation/summary"]["accuracy"] == pytest.approx(result.metrics.accuracy.value)
+        assert meta["evaluation/audit"]["flagged"] == result.audit.flagged
+        assert np.array_equal(reader.tensor("evaluation/confusion", 0), result.metrics.confusion)
+    page = build_report(tmp_path).read_text(encoding="utf-8")
+    for title in ("Evaluation (biased)", "Errors (biased)", "Groups (biased)", "Spurious cues (biased)"):
+        assert title in page
+    assert "&lt;b&gt;circle&lt;/b&gt;" in page and "<b>circle</b>" not in page and "site &lt;A&gt;" in page
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": torch.tensor([0, 1, 5] * 10)}, r"label 5 is out of range: the model has 3 classes"),
+        ({"groups": ["a"] * 29}, "groups has 29 entries but there are 30 examples"),
+        ({"masks": torch.zeros(30, 4, 4)}, r"masks need image inputs \(N, C, H, W\); the inputs are \(5,\)"),
+        ({"masks": torch.zeros(30, 4)}, r"masks must be a \(N, H, W\) tensor"),
+        ({"class_names": ["a", "b"]}, "2 class names for a model with 3 outputs"),
+        ({"gallery": -1}, "gallery must be >= 0"),
+        ({"order": "random"}, "order must be 'loss' or 'confidence'"),
+    ],
+)
+def test_bad_inputs_are_explained(generator, kwargs, message):
+    x = torch.randn(30, 5, generator=generator)
+    labels = kwargs.pop("labels", torch.randint(0, 3, (30,), generator=generator))
+    with pytest.raises(ValueError, match=message):
+        evaluate(_linear(), (x, labels), resamples=10, **kwargs)
+
+
+def test_bad_image_inputs_are_explained(shapes_cnns, generator):
+    model, held_out = shapes_cnns["clean"]
+    images, labels = held_out.images[:20], held_out.labels[:20]
+    with pytest.raises(ValueError, match=r"masks are \(32, 32\) but the inputs are \(64, 64\) pixels"):
+        evaluate(model, (images, labels), masks=torch.zeros(20, 32, 32, dtype=torch.bool), resamples=10)
+    with pytest.raises(ValueError, match="masks has 10 entries but there are 20 examples"):
+        evaluate(model, (images, labels), masks=held_out.masks[:10], resamples=10)
+    with pytest.raises(ValueError, match="data holds no example"):
+        evaluate(model, (images[:0], labels[:0]), resamples=10)
+    with pytest.raises(ValueError, match="cannot be matched with groups"):
+        evaluate(model, DataLoader(TensorDataset(images, labels), shuffle=True), groups=["a"] * 20)
+    with pytest.raises(ValueError, match="20 inputs but 19 labels"):
+        evaluate(model, (images, labels[:19]))
+
+
+def test_cli_evaluates_a_csv_of_images_with_groups(tmp_path, generator, monkeypatch):
+    rows = ["path,label,site"]
+    for i in range(12):
+        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"img{i}.png")
+        rows.append(f"img{i}.png,{['cat', 'dog'][i % 2]},{'north' if i < 6 else 'south'}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "tinynet.py").write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+        "nn.Linear(4, 2))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["evaluate", "tinynet:build", "--data", str(tmp_path / "data.csv"), "--size", "16", "--out", "out"]
+    assert main([*args, "--groups", "site"]) == 0
+    with RunReader(tmp_path / "out" / "evaluation") as reader:
+        meta = reader.meta()
+        assert meta["probe/class_names"] == ["cat", "dog"] and meta["evaluation/groups"]["names"] == ["north", "south"]
+        assert meta["evaluation/summary"]["examples"] == 12
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert main([*args, "--groups", "hospital"]) == 2  # an unknown column is a usage error
