@@ -16,12 +16,11 @@ batch) is timed apart, per audited example.
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import time
 
 import torch
 
+from _whole_calls import print_ratios, time_whole_calls
 from deepscope.datasets import shapes
 from deepscope.demos.shapes_cnn import train_shapes_cnn
 from deepscope.evaluation import evaluate
@@ -56,24 +55,14 @@ def main() -> None:
     test = shapes(args.images, seed=123, radius=(0.15, 0.25))
     data = (test.images, test.labels)
     plain(model, (test.images[:BATCH], None))  # warm-up
-    totals: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    order = random.Random(0)
-    for _ in range(args.repeats):
-        for name in order.sample(list(VARIANTS), len(VARIANTS)):
-            start = time.perf_counter()
-            VARIANTS[name](model, data)
-            totals[name].append(time.perf_counter() - start)
+    totals = time_whole_calls(
+        {name: (lambda call=call: call(model, data)) for name, call in VARIANTS.items()}, args.repeats
+    )
     print(
         f"evaluate: shapes CNN, {args.images} images 3x64x64, batches of {BATCH}, {torch.get_num_threads()} threads; "
         f"median of {args.repeats}; ratio = plain time / variant time"
     )
-    for name, spent in totals.items():
-        ratios = [p / v for p, v in zip(totals["plain inference forward"], spent, strict=True)]
-        median, best = statistics.median(spent), min(totals["plain inference forward"]) / min(spent)
-        print(
-            f"  {name:<46} {median:6.2f} s  {args.images / median:7.0f} images/s   ratio "
-            f"{statistics.median(ratios):4.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), best times {best:4.2f}x"
-        )
+    print_ratios(totals, "plain inference forward", args.images)
     audited = 512
     start = time.perf_counter()
     evaluate(model, data, masks=test.masks, gallery=0, resamples=0, audit_samples=audited, batch_size=BATCH)

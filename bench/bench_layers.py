@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import random
 import resource
-import statistics
 import threading
 import time
 
 import torch
 
+from _whole_calls import print_ratios, time_whole_calls
 from deepscope.deconv import deconv_project
 from deepscope.demos.shapes_cnn import train_shapes_cnn
 from deepscope.layer_stats import activations, top_activations
@@ -120,24 +119,13 @@ def main() -> None:
     data = torch.rand(args.images, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     VARIANTS["plain inference forward"](model, data[:BATCH])  # warm-up
     streaming = [name for name in VARIANTS if "with projections" not in name]
-    totals: dict[str, list[float]] = {name: [] for name in streaming}
-    order = random.Random(0)
-    for _ in range(args.repeats):  # every variant once over the whole data per repeat, in a random order
-        for name in order.sample(streaming, len(streaming)):
-            start = time.perf_counter()
-            VARIANTS[name](model, data)
-            totals[name].append(time.perf_counter() - start)
+    calls = {name: (lambda name=name: VARIANTS[name](model, data)) for name in streaming}
+    totals = time_whole_calls(calls, args.repeats)
     print(
         f"layer views: shapes CNN, layer {LAYER}, {args.images} images 3x64x64 in one call, batches of {BATCH}, "
         f"{torch.get_num_threads()} threads; median of {args.repeats}; ratio = plain time / variant time"
     )
-    for name in streaming:
-        ratios = [p / v for p, v in zip(totals["plain inference forward"], totals[name], strict=True)]
-        median, best = statistics.median(totals[name]), min(totals["plain inference forward"]) / min(totals[name])
-        print(
-            f"  {name:<48} {median:7.2f} s  {args.images / median:8.0f} images/s   ratio "
-            f"{statistics.median(ratios):5.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), best times {best:4.2f}x"
-        )
+    print_ratios(totals, "plain inference forward", args.images)
     top = top_activations(model, data, LAYER, channels=range(8), k=9, project=False)
     images = data[top.indices.reshape(-1)]
     units = torch.stack(

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from deepscope._store_writer import json_safe
 from deepscope._tags import TAGS
 from deepscope.registry import Registry
 from deepscope.store import FindingRecord, RunReader
@@ -111,7 +112,7 @@ class EvidencePlot:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (NaN as None)."""
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EvidencePlot:
@@ -157,7 +158,7 @@ class Finding:
     def to_record(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`deepscope.store.RunWriter.add_finding` (plot and category in the evidence)."""
         evidence = {
-            "values": _json_safe(dict(self.evidence)),
+            "values": json_safe(dict(self.evidence)),
             "category": self.category,
             "plot": self.plot.to_json() if self.plot is not None else None,
         }
@@ -393,18 +394,3 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[tuple[Any, ...
         )
         x, y = x[keep], y[keep]
     return tuple(x.tolist()), tuple(float(v) for v in y)
-
-
-def _json_safe(value: Any) -> Any:
-    """Numbers as plain floats/ints with NaN and inf as None; tuples as lists; numpy values unwrapped."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

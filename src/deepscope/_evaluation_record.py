@@ -1,19 +1,18 @@
 """Write an :class:`~deepscope.evaluation.Evaluation` into a run store, under the ``evaluation/`` tags.
 
-Numbers go to the run's meta as JSON (NaN written as null: "not measured"), arrays that the report
+Numbers go to the run's meta as JSON (``json_safe``: NaN written as null, "not measured"), arrays that the report
 draws as tensors. The report's *Evaluation* sections (:mod:`deepscope._report_evaluation`) read
 exactly these keys back, without torch.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepscope._classification_metrics import Interval
+from deepscope._store_writer import json_safe
 from deepscope._tags import TAGS
 from deepscope.store import RunWriter, delete_run
 
@@ -31,19 +30,19 @@ def record_evaluation(result: Any, run_dir: Path, *, name: str, overwrite: bool)
     with RunWriter(run_dir, name=name, config=config, versions=result.versions) as w:
         w.set_meta(TAGS.CLASS_NAMES, list(result.class_names))
         w.set_meta(f"{_P}/description", result.description)
-        w.set_meta(f"{_P}/summary", plain({**result.summary(), "examples": result.images, "level": m.level}))
-        w.set_meta(f"{_P}/table", plain(result.table()))
-        w.set_meta(f"{_P}/confused", plain([list(pair) for pair in result.confused]))
+        w.set_meta(f"{_P}/summary", json_safe({**result.summary(), "examples": result.images, "level": m.level}))
+        w.set_meta(f"{_P}/table", json_safe(result.table()))
+        w.set_meta(f"{_P}/confused", json_safe([list(pair) for pair in result.confused]))
         w.add_tensor(f"{_P}/confusion", 0, m.confusion)
         c = result.calibration
         w.set_meta(
             f"{_P}/calibration",
-            plain({"edges": c.edges, "confidence": c.confidence, "accuracy": c.accuracy, "counts": c.counts,
+            json_safe({"edges": c.edges, "confidence": c.confidence, "accuracy": c.accuracy, "counts": c.counts,
                    "ece": c.ece, "mce": c.mce}),
         )  # fmt: skip
         if result.curves is not None:
             k = result.curves
-            w.set_meta(f"{_P}/curves", plain({"roc_auc": k.roc_auc, "average_precision": k.average_precision}))
+            w.set_meta(f"{_P}/curves", json_safe({"roc_auc": k.roc_auc, "average_precision": k.average_precision}))
             for part in ("fpr", "tpr", "precision", "recall"):
                 w.add_tensor(f"{_P}/curves/{part}", 0, np.asarray(getattr(k, part), np.float32))
         if result.groups is not None:
@@ -59,25 +58,8 @@ def record_evaluation(result: Any, run_dir: Path, *, name: str, overwrite: bool)
     return run_dir
 
 
-def plain(value: Any) -> Any:
-    """``value`` as JSON-ready Python: arrays to lists, numpy scalars to numbers, NaN and ±inf to None."""
-    if isinstance(value, Interval):
-        return {"value": plain(value.value), "low": plain(value.low), "high": plain(value.high)}
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def _groups(g: Any) -> Any:
-    return plain(
+    return json_safe(
         {"names": g.names, "counts": g.counts, "accuracy": g.accuracy, "balanced_accuracy": g.balanced_accuracy,
          "recall": g.recall, "selection_rate": g.selection_rate, "accuracy_gap": g.accuracy_gap,
          "balanced_accuracy_gap": g.balanced_accuracy_gap, "largest_gap": g.largest_gap}
@@ -87,7 +69,7 @@ def _groups(g: Any) -> Any:
 def _gallery(w: RunWriter, g: Any) -> None:
     w.set_meta(
         f"{_P}/gallery",
-        plain({"order": g.order, "indices": g.indices, "labels": g.labels, "preds": g.preds,
+        json_safe({"order": g.order, "indices": g.indices, "labels": g.labels, "preds": g.preds,
                "true_probability": g.true_probability, "pred_probability": g.pred_probability, "losses": g.losses,
                "maps": g.maps is not None}),
     )  # fmt: skip
@@ -100,9 +82,11 @@ def _gallery(w: RunWriter, g: Any) -> None:
 def _audit(w: RunWriter, a: Any) -> None:
     w.set_meta(
         f"{_P}/audit",
-        plain({"method": a.method, "per_class": a.per_class, "class_area": a.class_area, "group_names": a.group_names,
-               "per_group": a.per_group, "flagged": a.flagged, "examples": {str(c): v for c, v in a.examples.items()},
-               "max_share": a.max_share, "min_concentration": a.min_concentration, "audited": len(a.indices)}),
+        json_safe({
+            "method": a.method, "per_class": a.per_class, "class_area": a.class_area, "group_names": a.group_names,
+            "per_group": a.per_group, "flagged": a.flagged, "examples": {str(c): v for c, v in a.examples.items()},
+            "max_share": a.max_share, "min_concentration": a.min_concentration, "audited": len(a.indices),
+        }),
     )  # fmt: skip
     w.add_tensor(f"{_P}/audit/inside", 0, a.inside.astype(np.float32))
     w.add_tensor(f"{_P}/audit/labels", 0, a.labels.astype(np.int64))

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import hashlib
 import json
+import math
 import operator
 import os
 import platform
@@ -25,7 +26,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -49,7 +50,7 @@ from deepscope._store_schema import (
 )
 from deepscope.errors import SchemaVersionError
 
-__all__ = ["RunWriter"]
+__all__ = ["RunWriter", "json_safe"]
 
 _FLUSH_BYTES = 64 * 2**20  # also commit once this many tensor/media bytes are pending (bounds memory)
 _MEDIA_EXT = {"image": ".png", "gif": ".gif", "video": ".mp4", "audio": ".wav", "html": ".html", "text": ".txt"}
@@ -505,3 +506,23 @@ class RunWriter(RunLocation):
         for table in ("scalars", "tensors", "media"):
             conn.execute(f"DELETE FROM {table} WHERE step > ?", (step,))
         return blobs
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` ready for a meta entry: numpy values unwrapped, arrays and tuples as lists, NaN and ±inf as None.
+
+    A dataclass instance becomes the dict of its fields, so results can be stored as they are.
+    """
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_safe(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
