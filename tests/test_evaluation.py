@@ -173,14 +173,14 @@ def test_cli_evaluates_a_csv_of_images_with_groups(tmp_path, generator, monkeypa
         Image.fromarray(pixels).save(tmp_path / f"img{i}.png")
         rows.append(f"img{i}.png,{['cat', 'dog'][i % 2]},{'north' if i < 6 else 'south'}")
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "tinynet.py").write_text(
+    (tmp_path / "evalnet.py").write_text(
         "from torch import nn\n"
         "def build():\n"
         "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
         "nn.Linear(4, 2))\n"
     )
-    monkeypatch.chdir(tmp_path)
-    args = ["evaluate", "tinynet:build", "--data", str(tmp_path / "data.csv"), "--size", "16", "--out", "out"]
+    monkeypatch.chdir(tmp_path)  # a module name of its own: test_inspection imports another "tinynet"
+    args = ["evaluate", "evalnet:build", "--data", str(tmp_path / "data.csv"), "--size", "16", "--out", "out"]
     assert main([*args, "--groups", "site"]) == 0
     with RunReader(tmp_path / "out" / "evaluation") as reader:
         meta = reader.meta()
