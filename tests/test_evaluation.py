@@ -8,6 +8,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from deepscope._classification_metrics import most_confused
+from deepscope._evaluation_plots import shown_classes
+from deepscope.attribution.metrics import boxes_to_masks
 from deepscope.cli import main
 from deepscope.datasets import shapes
 from deepscope.demos.shapes_cnn import ShapesCNNConfig, accuracy, train_shapes_cnn
@@ -92,6 +95,31 @@ def test_the_audit_flags_the_biased_cnn_and_not_the_clean_one(shapes_cnns):
     assert np.all(biased.audit.per_class.value < biased.audit.class_area)  # less than a uniform map would give
     assert clean_biased_acc > 0.9
     assert len(biased.audit.example_inputs) == 16 and biased.gallery.maps is not None
+
+
+def test_boxes_stand_in_for_masks_and_the_result_draws_itself(shapes_cnns):
+    model, held_out = shapes_cnns["biased"]
+    test = held_out.subset(slice(0, 120))
+    result = evaluate(model, (test.images, test.labels), boxes=test.boxes, audit_samples=60, resamples=50)
+    assert result.audit.flagged == [0, 1, 2, 3]
+    boxed = boxes_to_masks(test.boxes, (64, 64))[result.audit.indices]
+    assert np.allclose(result.audit.area, boxed.flatten(1).double().mean(1).numpy())  # the boxes were the region
+    page = result._repr_html_()
+    assert page.count('<img src="data:image/png;base64,') == 4 and "balanced_accuracy" in page
+    with pytest.raises(ValueError, match="masks or boxes, not both"):
+        evaluate(model, (test.images, test.labels), masks=test.masks, boxes=test.boxes)
+
+
+def test_many_classes_show_the_most_confused_ones():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 60, 3000)
+    preds = np.where(rng.random(3000) < 0.7, labels, rng.integers(0, 60, 3000))
+    preds[labels == 7] = 42  # one glaring confusion
+    confusion = confusion_matrix(labels, preds, labels=range(60))
+    pairs = most_confused(confusion)
+    shown = shown_classes(confusion, pairs)
+    assert len(shown) <= 20 and {7, 42} <= set(shown.tolist()) and list(shown) == sorted(shown)
+    assert list(shown_classes(confusion[:12, :12], pairs)) == list(range(12))  # few classes: all of them
 
 
 def test_the_model_is_left_as_it_was(shapes_cnns):

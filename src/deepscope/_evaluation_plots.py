@@ -25,6 +25,7 @@ __all__ = [
     "error_gallery",
     "groups_figure",
     "reliability_figure",
+    "shown_classes",
 ]
 
 _MAX_MATRIX = 30  # classes drawn in full; above, only the classes of the most confused pairs
@@ -37,15 +38,20 @@ def _nan(values: Any) -> np.ndarray:
     )
 
 
+def shown_classes(confusion: np.ndarray, confused: Sequence[Any]) -> np.ndarray:
+    """Every class up to 30; above, the classes of the most confused pairs (in pair order), at most 30, sorted."""
+    classes = len(confusion)
+    if classes <= _MAX_MATRIX:
+        return np.arange(classes)
+    involved = list(dict.fromkeys(int(c) for pair in confused for c in pair[:2]))[:_MAX_MATRIX]
+    return np.array(sorted(involved) or [0, 1])
+
+
 def confusion_figure(confusion: np.ndarray, names: Sequence[str], out_png: Path, confused: Sequence[Any] = ()) -> Path:
     """Counts and row-normalised shares side by side; above 30 classes, the classes of the top confusions only."""
     counts = np.asarray(confusion, np.int64)
-    keep = np.arange(len(names))
-    note = ""
-    if len(names) > _MAX_MATRIX:
-        involved = [c for pair in confused for c in pair[:2]]
-        keep = np.array(sorted(dict.fromkeys(involved))[:_MAX_MATRIX] or [0, 1])
-        note = f" — the {len(keep)} classes of the most confused pairs, of {len(names)}"
+    keep = shown_classes(counts, confused)
+    note = "" if len(keep) == len(names) else f" — the {len(keep)} classes of the most confused pairs, of {len(names)}"
     sub = counts[np.ix_(keep, keep)]
     rates = sub / np.maximum(counts[keep].sum(1, keepdims=True), 1)
     side = max(360, 22 * len(keep) + 160)

@@ -47,6 +47,7 @@ from deepscope._cue_audit import CueAudit, cue_audit
 from deepscope._data import dataset_size, fetch, indexable, labelled_batches
 from deepscope._progress import track
 from deepscope.attribution import explain
+from deepscope.attribution.metrics import boxes_to_masks
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet, first_tensor
 from deepscope.layers import LayerSpec, guess_spatial_layer, model_device, resolve_layer
@@ -146,6 +147,41 @@ class Evaluation:
             rows.append(row)
         return rows
 
+    def figures(self, out_dir: str | os.PathLike[str]) -> list[Path]:
+        """The confusion matrix, per-class metrics, reliability diagram and (with masks) the audit, as PNGs."""
+        from deepscope import _evaluation_plots as plots  # the presentation layer, loaded to draw
+        from deepscope._store_writer import json_safe
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        names, m = list(self.class_names), self.metrics
+        paths = [
+            plots.confusion_figure(m.confusion, names, out / "confusion.png", self.confused),
+            plots.class_metrics_figure(json_safe(self.table()), m.level, out / "class_metrics.png"),
+            plots.reliability_figure(json_safe(self.calibration), out / "reliability.png"),
+        ]
+        if self.audit is not None:
+            a = self.audit
+            audit = json_safe(
+                {"per_class": a.per_class, "class_area": a.class_area, "flagged": a.flagged, "max_share": a.max_share,
+                 "min_concentration": a.min_concentration, "audited": len(a.indices)}
+            )  # fmt: skip
+            paths.append(plots.audit_figure(audit, names, out / "audit.png"))
+        return paths
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+        import tempfile
+
+        from deepscope._format import cell
+
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{cell(v)}</td></tr>" for k, v in self.summary().items())
+        with tempfile.TemporaryDirectory() as tmp:
+            images = [base64.b64encode(p.read_bytes()).decode("ascii") for p in self.figures(tmp)]
+        pictures = "".join(f'<img src="data:image/png;base64,{image}">' for image in images)
+        return f"<table>{rows}</table>{pictures}"
+
     def record(self, run_dir: str | os.PathLike[str], *, name: str = "evaluation", overwrite: bool = False) -> Path:
         """Write the evaluation into the run store at ``run_dir`` (``evaluation/`` tags); return the folder."""
         from deepscope._evaluation_record import record_evaluation
@@ -160,6 +196,7 @@ def evaluate(
     groups: Sequence[Any] | np.ndarray | None = None,
     masks: Tensor | None = None,
     *,
+    boxes: Tensor | Sequence[Sequence[float]] | None = None,
     batch_size: int = 256,
     layer: LayerSpec | None = None,
     gallery: int = 12,
@@ -181,6 +218,7 @@ def evaluate(
         class_names: one name per class (default ``"0"``, ``"1"``…).
         groups: one group value per example, in data order (sex, site, scanner…): per-group metrics and gaps.
         masks: ``(N, H, W)`` object masks, in data order: the spurious-cue audit.
+        boxes: instead of masks, ``(N, 4)`` object boxes ``(x0, y0, x1, y1)`` in pixels (or ``(N, K, 4)``).
         batch_size: examples per forward pass (a ``DataLoader`` keeps its own).
         layer: the layer mapped in 2-D (its output, spatially averaged); default: the input of the last
             ``nn.Linear`` (no map without one).
@@ -201,7 +239,7 @@ def evaluate(
     """
     _check_settings(gallery, order, projection, max_points, bins)
     size = dataset_size(data)
-    if (groups is not None or masks is not None or gallery) and not indexable(data):
+    if (groups is not None or masks is not None or boxes is not None or gallery) and not indexable(data):
         raise ValueError(
             "this DataLoader shuffles or has no map-style dataset, so its examples cannot be matched with groups, "
             "masks or the gallery: pass the dataset, or a DataLoader with shuffle=False"
@@ -214,6 +252,10 @@ def evaluate(
     names = _class_names(class_names, classes)
     _check_labels(stream.labels, classes, names)
     group_values = _check_groups(groups, count)
+    if boxes is not None:
+        if masks is not None:
+            raise ValueError("pass masks or boxes, not both")
+        masks = boxes_to_masks(boxes, tuple(fetch(data, [0]).shape[-2:]))
     if masks is not None:
         _check_masks(masks, count, data)
     preds = stream.probabilities.argmax(1)
