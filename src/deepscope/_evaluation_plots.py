@@ -253,10 +253,11 @@ def audit_figure(audit: dict[str, Any], names: Sequence[str], out_png: Path) -> 
     ax.set_xticks(xs, [f"{n}{' (flagged)' if k in flagged else ''}" for k, n in enumerate(names)], fontsize=8)
     ax.set(ylim=(0, 1), xlabel="true class", ylabel="share of positive Grad-CAM inside the object")
     ax.set_title(
-        f"Where the model looks: {audit['audited']} audited examples — flagged (hatched) when below both lines",
+        f"Where the model looks ({audit['audited']} audited examples)\n"
+        "flagged (hatched): below both the dashed line and the grey mark",
         fontsize=10,
     )
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
     ax.grid(alpha=0.3, axis="y")
     return _save_figure(fig, canvas, Path(out_png))
 
