@@ -35,6 +35,8 @@ _EXPORTS = {
     "FeatureEvolution": "deepscope.probes",
     "Finding": "deepscope.diagnostics",
     "evaluate": "deepscope.evaluation",
+    "feature_vis": "deepscope.featurevis",
+    "feature_vis_grid": "deepscope.featurevis",
     "Evaluation": "deepscope.evaluation",
     "explain": "deepscope.attribution",
     "compare": "deepscope.attribution",
@@ -54,7 +56,7 @@ _EXPORTS = {
 }
 
 # sub-packages reachable as attributes, e.g. ``ds.attribution.smooth``, ``ds.datasets.shapes``
-_SUBMODULES = ("attribution", "datasets", "demos", "diagnostics", "evaluation", "plots", "probes", "report", "store")
+_SUBMODULES = ("attribution", "datasets", "demos", "diagnostics", "evaluation", "featurevis", "plots", "probes", "report", "store")
 
 __all__ = ["__version__", *sorted(_EXPORTS), *_SUBMODULES]
 

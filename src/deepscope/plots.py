@@ -37,6 +37,7 @@ import numpy as np
 
 from deepscope._attribution_plots import MapRow, SanityCurve, attribution_grid, overlay, sanity_curves
 from deepscope._decision_plots import decision_animation, decision_snapshots
+from deepscope._featurevis_plots import feature_vis_figure
 from deepscope._health_plots import HealthPanel, gradient_flow, health_heatmaps
 from deepscope._layer_plots import (
     evolution_strip,
@@ -90,6 +91,7 @@ __all__ = [
     "decision_snapshots",
     "evolution_strip",
     "feature_map_grid",
+    "feature_vis_figure",
     "filter_grid",
     "gradient_flow",
     "health_heatmaps",

@@ -21,6 +21,7 @@ from deepscope import plots
 from deepscope._progress import track
 from deepscope._report_attribution import attribution_sections
 from deepscope._report_evaluation import evaluation_sections
+from deepscope._report_featurevis import featurevis_sections
 from deepscope._report_findings import findings_section
 from deepscope._report_layers import evolution_sections, layer_sections
 from deepscope._report_page import Figure, Section, write_page
@@ -436,6 +437,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     evolution_sections,
     attribution_sections,
     layer_sections,
+    featurevis_sections,
     evaluation_sections,
     _provenance,
 ]

@@ -9,6 +9,7 @@ rule           backward                     reference
 ``gradient``   ``1[z > 0] · R``             the true gradient
 ``deconvnet``  ``1[R > 0] · R``             Zeiler & Fergus 2014 (DeconvNet)
 ``guided``     ``1[z > 0] · 1[R > 0] · R``  Springenberg et al. 2015 (Guided Backprop)
+``redirected`` ``1[z > 0 or R < 0] · R``    Lucid's redirected ReLU (feature visualisation)
 =============  ===========================  ==============================================
 
 Every other operation keeps its normal backward; in particular max-pooling routes the signal to
@@ -52,7 +53,7 @@ from deepscope.attribution.base import ATTRIBUTIONS, Attribution, Context, Metho
 
 __all__ = ["RULES", "DeconvNet", "GuidedBackprop", "RuleName", "relu_rules"]
 
-RuleName = Literal["gradient", "deconvnet", "guided"]
+RuleName = Literal["gradient", "deconvnet", "guided", "redirected"]
 
 
 # --------------------------------------------------------------------------- the rules
@@ -114,10 +115,28 @@ class _GuidedReLU(torch.autograd.Function):
         return _aten.relu_(_aten.threshold_backward(grad, out, 0)), None
 
 
+class _RedirectedReLU(torch.autograd.Function):
+    """Lucid's redirected ReLU: also ``R`` where ``z <= 0`` if descending ``R`` would raise ``z`` (``R < 0``).
+
+    Feature visualisation descends ``-objective``: a unit whose ReLU is off everywhere gets no true
+    gradient; letting the gradient through where it pushes the input up wakes it.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, z: Tensor, inplace: bool) -> Tensor:
+        return _relu_forward(ctx, z, inplace, save_output=True)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (out,) = ctx.saved_tensors
+        return torch.where((out > 0) | (grad < 0), grad, 0), None
+
+
 RULES: dict[str, type[torch.autograd.Function]] = {
     "gradient": _GradientReLU,
     "deconvnet": _DeconvNetReLU,
     "guided": _GuidedReLU,
+    "redirected": _RedirectedReLU,
 }
 """Rule name -> the ``autograd.Function`` computing ``ReLU`` with that backward."""
 
@@ -223,7 +242,7 @@ def relu_rules(rule: RuleName) -> Iterator[None]:
     pass may run inside or after it.
 
     Args:
-        rule: ``"gradient"`` (the true gradient), ``"deconvnet"`` or ``"guided"``.
+        rule: ``"gradient"`` (the true gradient), ``"deconvnet"``, ``"guided"`` or ``"redirected"``.
 
     Raises:
         ValueError: unknown rule.
