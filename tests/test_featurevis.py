@@ -10,7 +10,7 @@ from deepscope.featurevis import feature_vis, feature_vis_grid, record_feature_v
 from deepscope.featurevis import objectives as obj
 from deepscope.featurevis.objectives import IMAGE, OUTPUT
 from deepscope.featurevis.param import COLOR_CORRELATION, Fourier, Pixels, color_correlation
-from deepscope.featurevis.transforms import STANDARD, jitter
+from deepscope.featurevis.transforms import STANDARD, compose, jitter, pad, random_affine, random_rotate, random_scale
 from deepscope.report import build_report
 
 
@@ -126,6 +126,21 @@ def test_transforms_and_parameterisations_follow_the_generator():
     assert jitter(4)(x, torch.Generator()).shape == (2, 3, 28, 28)
     a, b = (Fourier(2, (16, 20), generator=torch.Generator().manual_seed(5))() for _ in range(2))
     assert torch.equal(a, b) and a.shape == (2, 3, 16, 20)
+
+
+@pytest.mark.parametrize(("factors", "degrees"), [([1.0], [0]), ([1.1], [0]), ([1.0], [10]), ([0.9], [-7])])
+def test_the_fused_standard_transform_equals_the_chain(factors, degrees):
+    """One resampling for pad, jitter, scale, rotate, jitter: the chain's result (to interpolation when both)."""
+    coarse = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    smooth = torch.nn.functional.interpolate(coarse, 32, mode="bicubic", align_corners=False)
+    fused = random_affine(12, (8, 4), factors, degrees)(smooth, torch.Generator().manual_seed(3))
+    chain = compose([pad(12), jitter(8), random_scale(factors), random_rotate(degrees), jitter(4)])
+    expected = chain(smooth, torch.Generator().manual_seed(3))
+    assert fused.shape == expected.shape
+    if factors == [1.0] or degrees == [0]:  # one interpolation in the chain too: the same image
+        torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
+    else:  # the chain interpolates twice
+        assert (fused - expected).abs().mean() < 0.01
 
 
 def test_the_redirected_relu_lets_gradient_through_where_it_would_switch_the_unit_on():

@@ -111,7 +111,7 @@ def feature_vis(
     image = make_param(param, batch, size, g, device, color)
     transform = resolve(transforms)
     modules = resolve_layers(model, sorted(goal.layers - {OUTPUT, IMAGE})) if goal.layers - {OUTPUT, IMAGE} else {}
-    optimizer = torch.optim.Adam(image.parameters(), lr=lr)
+    optimizer = _adam(image.parameters(), lr)
     values = []
     with preserved(model):
         model.eval()
@@ -119,7 +119,7 @@ def feature_vis(
             p.requires_grad_(False)  # only the image is optimised: no weight gradient is computed
         for step in track(range(steps), "feature visualisation"):
             images = image()
-            x = transform(images, g) if transform is not None else images
+            x = (transform(images, g) if transform is not None else images).contiguous()  # crops are views
             with relu_rules("redirected") if step < redirect else contextlib.nullcontext():
                 captured = _forward(
                     model, modules, preprocess(x) if preprocess is not None else x, OUTPUT in goal.layers
@@ -167,6 +167,14 @@ def feature_vis_grid(
         torch.cat([r.images for r in results]), torch.cat([r.curve for r in results], 1), f"channels of {name}",
         tuple(f"channel {c}" for c in chosen), params, results[0].versions,
     )  # fmt: skip
+
+
+def _adam(parameters: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel where this torch supports it for the parameters' device (CPU: torch >= 2.4)."""
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # an older torch, or a device without the fused kernel
+        return torch.optim.Adam(parameters, lr=lr)
 
 
 def _objective(model: nn.Module, objective: Objective | str) -> Objective:

@@ -16,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["STANDARD", "Transform", "compose", "jitter", "pad", "random_rotate", "random_scale", "resolve"]
+__all__ = [
+    "STANDARD",
+    "Transform",
+    "compose",
+    "jitter",
+    "pad",
+    "random_affine",
+    "random_rotate",
+    "random_scale",
+    "resolve",
+]
 
 Transform = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -79,16 +89,53 @@ def compose(transforms: Sequence[Transform]) -> Transform:
     return apply
 
 
-STANDARD = compose(
-    [
-        pad(12),
-        jitter(8),
-        random_scale([1 + (i - 5) / 50 for i in range(11)]),
-        random_rotate(list(range(-10, 11)) + 5 * [0]),
-        jitter(4),
-    ]
-)
-"""Lucid's ``standard_transforms``: pad 12, jitter 8, scale 0.9–1.1, rotate −10°…10° (0° more often), jitter 4."""
+def random_affine(
+    pad_width: int, shifts: tuple[int, int], factors: Sequence[float], degrees: Sequence[float], value: float = 0.5
+) -> Transform:
+    """Pad, jitter, random scale, random rotation and jitter again, as one affine resampling.
+
+    The same as ``compose([pad(pad_width), jitter(shifts[0]), random_scale(factors),
+    random_rotate(degrees), jitter(shifts[1])])``: the same random draws and output size, but one
+    bilinear interpolation instead of two. The chain's coordinate maps compose into one (pixel
+    centres, a true rotation about the centre); what falls outside the image takes ``value``, like
+    the padding. One ``grid_sample`` forward and backward replace five operations, which matters
+    because the transforms run at every step.
+    """
+
+    def apply(x: Tensor, generator: torch.Generator) -> Tensor:
+        first, second = shifts
+        a1 = [int(v) for v in torch.randint(first + 1, (2,), generator=generator)]
+        factor = _choice(factors, generator)
+        angle = math.radians(_choice(degrees, generator))
+        a2 = [int(v) for v in torch.randint(second + 1, (2,), generator=generator)]
+        height, width = x.shape[-2:]
+        cropped = (height + 2 * pad_width - first, width + 2 * pad_width - first)
+        scaled = (max(1, round(cropped[0] * factor)), max(1, round(cropped[1] * factor)))
+        out = (scaled[0] - second, scaled[1] - second)
+        # output pixel centre c = (u + 1)·out/2 in normalised u; centred in the scaled frame: k·u + o
+        ky, kx = out[0] / 2, out[1] / 2
+        oy, ox = out[0] / 2 + a2[0] - scaled[0] / 2, out[1] / 2 + a2[1] - scaled[1] / 2
+        ry, rx = cropped[0] / scaled[0], cropped[1] / scaled[1]  # undo the scaling
+        cos, sin = math.cos(angle), math.sin(angle)  # undo the rotation about the centre, then crop and pad
+        theta = torch.tensor(
+            [
+                [2 / width * rx * cos * kx, -2 / width * rx * sin * ky,
+                 2 / width * (rx * (cos * ox - sin * oy + scaled[1] / 2) + a1[1] - pad_width) - 1],
+                [2 / height * ry * sin * kx, 2 / height * ry * cos * ky,
+                 2 / height * (ry * (sin * ox + cos * oy + scaled[0] / 2) + a1[0] - pad_width) - 1],
+            ],
+            dtype=x.dtype, device=x.device,
+        )  # fmt: skip
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), [x.shape[0], x.shape[1], *out], align_corners=False)
+        sampled = F.grid_sample(x - value, grid, mode="bilinear", align_corners=False)
+        return sampled + value
+
+    return apply
+
+
+STANDARD = random_affine(12, (8, 4), [1 + (i - 5) / 50 for i in range(11)], list(range(-10, 11)) + 5 * [0])
+"""Lucid's ``standard_transforms`` — pad 12, jitter 8, scale 0.9–1.1, rotate −10°…10° (0° more often),
+jitter 4 — fused into one resampling (:func:`random_affine`)."""
 
 
 def resolve(transforms: str | Transform | Sequence[Transform] | None) -> Transform | None:

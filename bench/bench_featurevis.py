@@ -1,0 +1,122 @@
+"""Feature visualisation per optimisation step: deepscope against its floor and torch-lucent, in one process.
+
+Run: python bench/bench_featurevis.py [--steps 16] [--repeats 5]
+
+Setting (the issue's): torchvision resnet18 with random weights (eval mode), objective channel 5 of
+``layer3``, 128 px Fourier image in decorrelated colour, the standard transforms (pad 12, jitter 8,
+scale, rotate, jitter 4), 2 CPU threads. Timed per step, each variant ``steps`` steps per call,
+variants interleaved in a random order on each repeat; the median over the repeats of each repeat's
+ratio to the floor (range), and the ratio of the best times (robust to a shared machine's slowdowns):
+
+- floor: one forward pass as far as ``layer3`` and one backward pass to the input, on a random image
+  of the transformed size (the least any method must compute per step);
+- floor with the full forward: the same through the whole network (what a method that cannot stop
+  at the objective's layer pays);
+- deepscope ``feature_vis`` (stops at ``layer3``, no weight gradients);
+- torch-lucent ``render_vis`` (full forward, ``loss.backward()`` also computes weight gradients),
+  and lucent with the parameters frozen by hand.
+
+The issue's target: deepscope <= 1.05x the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+import warnings
+
+import torch
+import torchvision
+
+from deepscope._forward import forward_until
+from deepscope.featurevis import feature_vis
+
+SIZE = 128
+TRANSFORMED = SIZE + 2 * 12 - 8 - 4  # pad 12 on each side, jitter 8 then 4 (scale and rotation keep about this size)
+
+
+def floor(model: torch.nn.Module, steps: int, full: bool) -> None:
+    layer3 = {"layer3": model.layer3}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(1, 3, TRANSFORMED, TRANSFORMED, requires_grad=True)
+    captured: dict[str, torch.Tensor] = {}
+    handle = model.layer3.register_forward_hook(lambda _m, _a, out: captured.update(out=out)) if full else None
+    for _ in range(steps):
+        if full:
+            model(x)
+            out = captured["out"]
+        else:
+            out = forward_until(model, layer3, x)["layer3"]
+        torch.autograd.grad(out[:, 5].mean(), x)
+    if handle is not None:
+        handle.remove()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def deepscope_steps(model: torch.nn.Module, steps: int) -> None:
+    feature_vis(model, "layer3:5", size=SIZE, steps=steps, redirect=0, generator=torch.Generator().manual_seed(0))
+
+
+def lucent_steps(model: torch.nn.Module, steps: int, frozen: bool) -> None:
+    from lucent.optvis import param, render, transform
+
+    if frozen:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        render.render_vis(
+            model, "layer3:5", param_f=lambda: param.image(SIZE, fft=True, decorrelate=True),
+            transforms=transform.standard_transforms, thresholds=(steps,), show_image=False, progress=False,
+            preprocess=False,
+        )  # fmt: skip
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    variants = {
+        "floor: forward to layer3 + backward to the input": lambda: floor(model, args.steps, full=False),
+        "floor with the full forward": lambda: floor(model, args.steps, full=True),
+        "deepscope feature_vis": lambda: deepscope_steps(model, args.steps),
+        "torch-lucent render_vis": lambda: lucent_steps(model, args.steps, frozen=False),
+        "torch-lucent, parameters frozen by hand": lambda: lucent_steps(model, args.steps, frozen=True),
+    }
+    for run in variants.values():  # warm-up: kernels, allocator, lucent's imports
+        run()
+    per_step: dict[str, list[float]] = {name: [] for name in variants}
+    order = random.Random(0)
+    for _ in range(args.repeats):
+        for name in order.sample(list(variants), len(variants)):
+            start = time.perf_counter()
+            variants[name]()
+            per_step[name].append((time.perf_counter() - start) / args.steps)
+    reference = "floor: forward to layer3 + backward to the input"
+    print(
+        f"feature visualisation: resnet18 (random weights), channel 5 of layer3, {SIZE} px Fourier + decorrelated, "
+        f"standard transforms, {torch.get_num_threads()} threads; {args.steps} steps per call, median of "
+        f"{args.repeats}; ratio = time per step / the floor's"
+    )
+    for name, times in per_step.items():
+        ratios = [t / f for t, f in zip(times, per_step[reference], strict=True)]
+        best = min(times) / min(per_step[reference])
+        print(
+            f"  {name:<50} {1e3 * statistics.median(times):7.1f} ms/step   ratio {statistics.median(ratios):5.2f}x "
+            f"({min(ratios):.2f}-{max(ratios):.2f}), best times {best:4.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
