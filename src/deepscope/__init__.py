@@ -56,7 +56,18 @@ _EXPORTS = {
 }
 
 # sub-packages reachable as attributes, e.g. ``ds.attribution.smooth``, ``ds.datasets.shapes``
-_SUBMODULES = ("attribution", "datasets", "demos", "diagnostics", "evaluation", "featurevis", "plots", "probes", "report", "store")
+_SUBMODULES = (
+    "attribution",
+    "datasets",
+    "demos",
+    "diagnostics",
+    "evaluation",
+    "featurevis",
+    "plots",
+    "probes",
+    "report",
+    "store",
+)
 
 __all__ = ["__version__", *sorted(_EXPORTS), *_SUBMODULES]
 
