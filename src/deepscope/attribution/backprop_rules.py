@@ -77,12 +77,16 @@ def _relu_forward(ctx: FunctionCtx, z: Tensor, inplace: bool, save_output: bool)
     return out
 
 
-class _GradientReLU(torch.autograd.Function):
-    """The true ReLU gradient ``1[z > 0] · R`` (a reference point for the other rules)."""
+class _OutputSavingReLU(torch.autograd.Function):
+    """The forward of the rules whose backward needs to know where ``z > 0`` (they save the output)."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, z: Tensor, inplace: bool) -> Tensor:
         return _relu_forward(ctx, z, inplace, save_output=True)
+
+
+class _GradientReLU(_OutputSavingReLU):
+    """The true ReLU gradient ``1[z > 0] · R`` (a reference point for the other rules)."""
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
@@ -102,12 +106,8 @@ class _DeconvNetReLU(torch.autograd.Function):
         return _aten.relu(grad), None
 
 
-class _GuidedReLU(torch.autograd.Function):
+class _GuidedReLU(_OutputSavingReLU):
     """Guided Backprop (Springenberg et al. 2015): both masks, ``1[z > 0] · 1[R > 0] · R``."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, z: Tensor, inplace: bool) -> Tensor:
-        return _relu_forward(ctx, z, inplace, save_output=True)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
@@ -115,16 +115,12 @@ class _GuidedReLU(torch.autograd.Function):
         return _aten.relu_(_aten.threshold_backward(grad, out, 0)), None
 
 
-class _RedirectedReLU(torch.autograd.Function):
+class _RedirectedReLU(_OutputSavingReLU):
     """Lucid's redirected ReLU: also ``R`` where ``z <= 0`` if descending ``R`` would raise ``z`` (``R < 0``).
 
     Feature visualisation descends ``-objective``: a unit whose ReLU is off everywhere gets no true
     gradient; letting the gradient through where it pushes the input up wakes it.
     """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, z: Tensor, inplace: bool) -> Tensor:
-        return _relu_forward(ctx, z, inplace, save_output=True)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
