@@ -61,6 +61,7 @@ LAYERS = {
     "featurevis": 2,
     "_featurevis_plots": 4,
     "_report_featurevis": 4,
+    "attention": 2,
     "_layer_plots": 4,
     "_data": 1,
     "_finding_plots": 4,

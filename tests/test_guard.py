@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from deepscope.guard import PreservedState, preserved
+from deepscope.hooks import HookSet
 
 
 class Boom(Exception):
@@ -245,3 +246,27 @@ def test_misuse_raises():
         state.disable_inplace()
     with state, pytest.raises(RuntimeError, match="twice"), state:
         pass
+
+
+class _SelfHooking(nn.Module):
+    """Registers a forward hook on its first call and remembers it did (as Hugging Face output recorders do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.installed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.installed:
+            self.linear.register_forward_hook(lambda _m, _a, out: None)
+            self.installed = True
+        return self.linear(x)
+
+
+def test_the_model_s_own_new_hooks_can_be_kept_and_ours_never_are():
+    for keep in (False, True):
+        model = _SelfHooking()
+        with preserved(model, keep_model_hooks=keep), HookSet() as hooks:
+            hooks.forward(model, lambda _m, _a, out: None)
+            model(torch.zeros(1, 2))
+        assert len(model.linear._forward_hooks) == (1 if keep else 0) and not model._forward_hooks

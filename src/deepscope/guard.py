@@ -70,6 +70,13 @@ def _restore_mapping(current: MutableMapping[Any, Any], saved: dict[Any, Any]) -
         current.update(saved)
 
 
+def _restore_keeping_new(current: MutableMapping[Any, Any], saved: dict[Any, Any]) -> None:
+    """Put ``saved``'s items back into ``current``, keeping the entries added since (the model's own hooks)."""
+    for key, value in saved.items():
+        if current.get(key, _MISSING) is not value:
+            current[key] = value
+
+
 def _copy_values(targets: list[Tensor], values: list[Tensor]) -> None:
     """Copy ``values`` into ``targets`` in place: one fused kernel per device and dtype where torch has it.
 
@@ -143,7 +150,9 @@ class PreservedState:
     backward hooks); everything is restored on exit.
     """
 
-    def __init__(self, model: nn.Module, tensors: tuple[Tensor, ...], grads: bool) -> None:
+    def __init__(
+        self, model: nn.Module, tensors: tuple[Tensor, ...], grads: bool, keep_model_hooks: bool = False
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"preserved() expects an nn.Module, got {type(model).__name__}")
         for i, tensor in enumerate(tensors):
@@ -154,6 +163,7 @@ class PreservedState:
         self.model = model
         self._tensors = tensors
         self._grads = grads
+        self._keep_model_hooks = keep_model_hooks
         self._entered = False
 
     def __enter__(self) -> PreservedState:
@@ -166,7 +176,7 @@ class PreservedState:
         self._modules = list(self.model.modules())
         self._training = [m.training for m in self._modules]
         self._inplace: list[tuple[nn.Module, bool]] = []
-        self._module_dicts: list[tuple[MutableMapping[Any, Any], dict[Any, Any]]] = []
+        self._module_dicts: list[tuple[MutableMapping[Any, Any], dict[Any, Any], bool]] = []
         self._full_backward_flags: list[tuple[nn.Module, Any]] = []
         params: dict[int, Tensor] = {}
         buffers: dict[int, Tensor] = {}
@@ -179,7 +189,7 @@ class PreservedState:
             for attr in _MODULE_HOOK_DICTS + _MODULE_SLOTS:
                 mapping = attrs.get(attr)
                 if isinstance(mapping, dict):
-                    self._module_dicts.append((mapping, dict(mapping)))
+                    self._module_dicts.append((mapping, dict(mapping), attr in _MODULE_HOOK_DICTS))
             self._full_backward_flags.append((m, attrs.get("_is_full_backward_hook", _MISSING)))
             params.update((id(p), p) for p in attrs.get("_parameters", {}).values() if p is not None)
             buffers.update((id(b), b) for b in attrs.get("_buffers", {}).values() if b is not None)
@@ -217,9 +227,10 @@ class PreservedState:
             except Exception as err:  # collected and re-raised (or warned) by __exit__
                 errors.append((what, err))
 
-        for mapping, items in self._module_dicts:
+        for mapping, items, hooks in self._module_dicts:
             if (mapping or items) and not _same_items(mapping, items):  # most hook dicts stay empty
-                attempt("module dict", lambda mapping=mapping, items=items: _restore_mapping(mapping, items))
+                restore = _restore_keeping_new if hooks and self._keep_model_hooks else _restore_mapping
+                attempt("module dict", lambda mapping=mapping, items=items, restore=restore: restore(mapping, items))
         for module, flag in self._full_backward_flags:
             if vars(module).get("_is_full_backward_hook", _MISSING) is not flag:
                 attempt("backward-hook flag", lambda module=module, flag=flag: self._restore_flag(module, flag))
@@ -263,7 +274,7 @@ class PreservedState:
         return switched
 
 
-def preserved(model: nn.Module, *tensors: Tensor, grads: bool = True) -> PreservedState:
+def preserved(model: nn.Module, *tensors: Tensor, grads: bool = True, keep_model_hooks: bool = False) -> PreservedState:
     """Snapshot the state of ``model`` (and of ``tensors``) and restore it when the block exits.
 
     See the module docstring for the full list of what is restored.
@@ -276,8 +287,11 @@ def preserved(model: nn.Module, *tensors: Tensor, grads: bool = True) -> Preserv
             and put back on exit, so a backward inside cannot change them. With ``False``
             they stay visible inside the block and only the ``.grad`` *object* is restored, not
             its values: for callers that only run no-grad forwards.
+        keep_model_hooks: keep the hooks the model itself registers during the block (Hugging Face
+            models install their output-recording hooks on first use and remember that they did);
+            deepscope's own hooks are removed by their :class:`~deepscope.hooks.HookSet` anyway.
 
     Returns:
         A context manager yielding a :class:`PreservedState`.
     """
-    return PreservedState(model, tensors, grads)
+    return PreservedState(model, tensors, grads, keep_model_hooks)

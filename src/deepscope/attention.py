@@ -1,0 +1,232 @@
+"""Attention weights of transformers, and attention rollout (Abnar & Zuidema 2020).
+
+:func:`attention` runs one forward pass and returns every layer's attention probabilities as
+``(N, layers, heads, query, key)``:
+
+- Hugging Face models are called with ``output_attentions=True``. Fused implementations (``sdpa``,
+  flash) return no weights — transformers 5 returns an empty tuple rather than an error — so the
+  model is switched to ``"eager"`` for the call and switched back afterwards.
+- Plain PyTorch models: every ``nn.MultiheadAttention`` is asked for its per-head weights
+  (``need_weights=True, average_attn_weights=False``) by a forward pre-hook, and a forward hook
+  keeps them. With weights requested, PyTorch computes the attention explicitly instead of with
+  its fused kernel, so the module's output equals the usual one to float rounding (about 1e-7),
+  not bit for bit. PyTorch's fused inference fast path (which skips the module) is switched off
+  for the call. Hugging Face models in eager mode return the same bits with or without weights.
+
+Padding: keys outside the attention mask get (≈) zero weight from the model itself; ``mask`` records
+which positions are real, and :func:`rollout` uses it to keep padded positions out.
+
+:func:`rollout`: heads fused (mean by default), the residual stream added as ``0.5·W + 0.5·I``, rows
+re-normalised to sum to 1, then the layers multiplied from the first to the last, so
+``R = Ã_L ⋯ Ã_1``: row ``i`` of ``R`` is how much output token ``i`` draws on each input token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from deepscope.guard import preserved
+from deepscope.hooks import HookSet
+from deepscope.layers import model_device
+from deepscope.repro import library_versions
+
+__all__ = ["Attention", "attention", "rollout"]
+
+HeadFusion = Literal["mean", "max", "min"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attention:
+    """Attention probabilities of one batch, layer by layer.
+
+    Attributes:
+        weights: ``(N, layers, heads, query, key)`` float32 on the CPU; each row sums to 1.
+        mask: ``(N, key)`` bool, True for real (not padded) positions.
+        layers: a name per layer (``"layer 0"``… for Hugging Face models, module names otherwise).
+        tokens: the tokens of each example, when a tokenizer was given.
+        source: ``"huggingface"`` or ``"torch"``.
+    """
+
+    weights: Tensor
+    mask: Tensor
+    layers: tuple[str, ...]
+    tokens: tuple[tuple[str, ...], ...] = ()
+    source: str = "torch"
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def rollout(self, *, head_fusion: HeadFusion = "mean", residual: float = 0.5) -> Tensor:
+        """:func:`rollout` of every example, padded positions left out: ``(N, query, key)``."""
+        return rollout(self.weights, mask=self.mask, head_fusion=head_fusion, residual=residual)
+
+    def entropy(self) -> Tensor:
+        """``(N, layers, heads)`` mean entropy (nats) of each head's rows over the real query positions.
+
+        Low entropy: the head attends to few tokens; ``log(length)``: it spreads evenly.
+        """
+        p = self.weights.clamp_min(1e-12)
+        rows = -(self.weights * p.log()).sum(-1)  # (N, L, H, Q)
+        real = self.mask[:, None, None, :].float()  # (N, 1, 1, Q)
+        return (rows * real).sum(-1) / real.sum(-1).clamp_min(1)
+
+
+def attention(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor] | Tensor | Sequence[Tensor],
+    *,
+    tokenizer: Any = None,
+) -> Attention:
+    """Every layer's attention probabilities for ``inputs`` (see the module docstring).
+
+    Args:
+        model: a Hugging Face model (``model.config`` present) or a PyTorch model with ``nn.MultiheadAttention``
+            modules. It is left unchanged (eval mode for the call, attention implementation restored).
+        inputs: a tokenizer's output (``input_ids``, ``attention_mask``…) for Hugging Face models; the
+            positional input(s) of a PyTorch model (a ``src_key_padding_mask`` keyword, if any, passes through
+            a mapping).
+        tokenizer: turns ``input_ids`` back into tokens for display.
+
+    Raises:
+        ValueError: the model exposes no attention weights.
+    """
+    device = model_device(model)
+    huggingface = _is_huggingface(model)
+    with preserved(model, keep_model_hooks=huggingface), torch.no_grad():  # its own output hooks stay
+        model.eval()
+        if huggingface:
+            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in dict(inputs).items()}
+            weights, mask, names = _huggingface(model, batch)
+            source = "huggingface"
+        else:
+            weights, mask, names = _torch_modules(model, inputs, device)
+            source = "torch"
+    tokens: tuple[tuple[str, ...], ...] = ()
+    if tokenizer is not None and isinstance(inputs, Mapping) and "input_ids" in inputs:
+        tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in inputs["input_ids"])
+    return Attention(weights.float().cpu(), mask.cpu(), names, tokens, source, library_versions())
+
+
+def rollout(
+    weights: Tensor,
+    *,
+    mask: Tensor | None = None,
+    head_fusion: HeadFusion = "mean",
+    residual: float = 0.5,
+) -> Tensor:
+    """Attention rollout: ``Ã_l = (1 − r)·fuse(W_l) + r·I`` with rows re-normalised, ``R = Ã_L ⋯ Ã_1``.
+
+    Args:
+        weights: ``(layers, heads, query, key)`` or ``(N, layers, heads, query, key)`` attention probabilities.
+        mask: ``(N, key)`` (or ``(key,)``) True for real positions; padded rows and columns are zeroed before
+            the re-normalisation, so padding neither receives nor passes on attention.
+        head_fusion: ``"mean"`` (the paper's), ``"max"`` or ``"min"`` over the heads.
+        residual: ``r``, the weight of the identity (the residual connection); the paper's 0.5.
+
+    Returns:
+        ``(query, key)`` or ``(N, query, key)``: every row sums to 1 over the real positions.
+    """
+    single = weights.ndim == 4
+    w = weights[None] if single else weights
+    if w.ndim != 5 or w.shape[-1] != w.shape[-2]:
+        raise ValueError(
+            f"weights must be (layers, heads, T, T) or (N, layers, heads, T, T), got {tuple(weights.shape)}"
+        )
+    if head_fusion not in ("mean", "max", "min"):
+        raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+    if not 0 <= residual <= 1:
+        raise ValueError(f"residual must be in [0, 1], got {residual}")
+    fused = {"mean": w.mean(2), "max": w.amax(2), "min": w.amin(2)}[head_fusion].double()  # (N, L, T, T)
+    tokens = w.shape[-1]
+    eye = torch.eye(tokens, dtype=fused.dtype, device=fused.device)
+    a = (1 - residual) * fused + residual * eye
+    if mask is not None:
+        real = (mask[None] if mask.ndim == 1 else mask).to(a.device).double()  # (N, T)
+        a = a * real[:, None, :, None] * real[:, None, None, :]
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)  # rows (not columns) sum to 1
+    result = a[:, 0]
+    for layer in range(1, a.shape[1]):
+        result = a[:, layer] @ result  # later layers on the left: R = Ã_L ⋯ Ã_1
+    result = result.to(weights.dtype)
+    return result[0] if single else result
+
+
+def _is_huggingface(model: nn.Module) -> bool:
+    return hasattr(model, "config") and hasattr(model.config, "_attn_implementation")
+
+
+def _huggingface(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    with _eager(model):
+        output = model(**batch, output_attentions=True)
+    found = getattr(output, "attentions", None)
+    if not found:
+        raise ValueError(f"{type(model).__name__} returned no attention weights, even with eager attention")
+    weights = torch.stack(list(found), 1)  # (N, L, H, T, T)
+    mask = batch.get("attention_mask")
+    real = mask.bool() if mask is not None else torch.ones(weights.shape[0], weights.shape[-1], dtype=torch.bool)
+    return weights, real, tuple(f"layer {i}" for i in range(weights.shape[1]))
+
+
+@contextlib.contextmanager
+def _eager(model: nn.Module) -> Iterator[None]:
+    """Run with eager attention (the only implementation that returns weights), then restore the original."""
+    original = model.config._attn_implementation
+    switch = original != "eager" and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(original)
+
+
+def _torch_modules(model: nn.Module, inputs: Any, device: torch.device) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    modules = {name: m for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    if not modules:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.MultiheadAttention module and is not a Hugging Face model: "
+            "no attention weights to read"
+        )
+    captured: dict[str, Tensor] = {}
+
+    def ask_for_weights(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def keep(name: str) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            captured.setdefault(name, output[1])
+
+        return hook
+
+    args, kwargs = _call_arguments(inputs, device)
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    with HookSet() as hooks:
+        for name, module in modules.items():
+            hooks.forward_pre(module, ask_for_weights, with_kwargs=True)
+            hooks.forward(module, keep(name))
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused path skips the modules (and their hooks)
+        try:
+            model(*args, **kwargs)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast_path)
+    missing = [name for name in modules if name not in captured]
+    if missing:
+        raise ValueError(f"attention module(s) {', '.join(missing)} did not run during the forward pass")
+    weights = torch.stack([captured[name] for name in modules], 1)  # (N, L, H, T, S)
+    padding = kwargs.get("src_key_padding_mask")
+    real = ~padding.bool() if padding is not None else torch.ones(weights.shape[0], weights.shape[-1], dtype=torch.bool)
+    return weights, real, tuple(modules)
+
+
+def _call_arguments(inputs: Any, device: torch.device) -> tuple[tuple, dict]:
+    if isinstance(inputs, Tensor):
+        return (inputs.to(device),), {}
+    if isinstance(inputs, Mapping):
+        values = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
+        return (), values
+    return tuple(v.to(device) if isinstance(v, Tensor) else v for v in inputs), {}
