@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepscope.attention import attention, rollout
+from deepscope.attention import extract, rollout
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_hugging_face_weights_are_rows_of_probabilities_and_padding_gets_none(mi
     model, tokenizer = minilm
     batch = tokenizer(["the cat sat on the mat", "hello world"], return_tensors="pt", padding=True)
     before = model.config._attn_implementation
-    result = attention(model, batch, tokenizer=tokenizer)
+    result = extract(model, batch, tokenizer=tokenizer)
     assert model.config._attn_implementation == before != "eager"  # switched for the call, restored
     n, layers, heads, q, k = result.weights.shape
     assert (n, layers, heads) == (2, 6, 12) and q == k == batch["input_ids"].shape[1]
@@ -41,7 +41,7 @@ def test_extraction_leaves_the_hugging_face_output_bit_identical_and_its_hooks_w
     seen = {}
     handle = model.register_forward_hook(lambda _m, _a, out: seen.update(hidden=out.last_hidden_state.clone()))
     try:
-        attention(model, batch)
+        extract(model, batch)
     finally:
         handle.remove()
     model.set_attn_implementation("eager")
@@ -51,7 +51,7 @@ def test_extraction_leaves_the_hugging_face_output_bit_identical_and_its_hooks_w
     finally:
         model.set_attn_implementation("sdpa")
     assert torch.equal(seen["hidden"], plain)
-    again = attention(model, batch)  # transformers' own output-recording hooks survived the first call
+    again = extract(model, batch)  # transformers' own output-recording hooks survived the first call
     assert again.weights.shape[1] == 6
 
 
@@ -69,7 +69,7 @@ def test_plain_pytorch_attention_is_captured_and_the_output_kept_to_rounding():
     seen = {}
     handle = model.register_forward_hook(lambda _m, _a, out: seen.update(out=out.clone()))
     try:
-        result = attention(model, {"src": x, "src_key_padding_mask": padding})
+        result = extract(model, {"src": x, "src_key_padding_mask": padding})
     finally:
         handle.remove()
     assert result.weights.shape == (2, 3, 4, 7, 7) and result.layers == tuple(f"layers.{i}.self_attn" for i in range(3))
@@ -112,7 +112,7 @@ def test_rollout_keeps_padding_out(generator):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: attention(nn.Linear(3, 3), torch.zeros(1, 3)), "no nn.MultiheadAttention module"),
+        (lambda: extract(nn.Linear(3, 3), torch.zeros(1, 3)), "no nn.MultiheadAttention module"),
         (lambda: rollout(torch.ones(2, 3, 4, 5)), r"\(layers, heads, T, T\)"),
         (lambda: rollout(torch.ones(1, 1, 3, 3), head_fusion="median"), "head_fusion must be"),
         (lambda: rollout(torch.ones(1, 1, 3, 3), residual=2.0), r"residual must be in \[0, 1\]"),

@@ -57,6 +57,7 @@ _EXPORTS = {
 
 # sub-packages reachable as attributes, e.g. ``ds.attribution.smooth``, ``ds.datasets.shapes``
 _SUBMODULES = (
+    "attention",
     "attribution",
     "datasets",
     "demos",

@@ -1,7 +1,7 @@
 """Attention weights of transformers, and attention rollout (Abnar & Zuidema 2020).
 
-:func:`attention` runs one forward pass and returns every layer's attention probabilities as
-``(N, layers, heads, query, key)``:
+:func:`extract` runs one forward pass and returns every layer's attention probabilities,
+``(N, heads, query, key)`` per layer (``Attention.weights`` stacks them):
 
 - Hugging Face models are called with ``output_attentions=True``. Fused implementations (``sdpa``,
   flash) return no weights — transformers 5 returns an empty tuple rather than an error — so the
@@ -36,7 +36,7 @@ from deepscope.hooks import HookSet
 from deepscope.layers import model_device
 from deepscope.repro import library_versions
 
-__all__ = ["Attention", "attention", "rollout"]
+__all__ = ["Attention", "extract", "rollout"]
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -46,42 +46,53 @@ class Attention:
     """Attention probabilities of one batch, layer by layer.
 
     Attributes:
-        weights: ``(N, layers, heads, query, key)`` float32 on the CPU; each row sums to 1.
+        per_layer: one ``(N, heads, query, key)`` float32 CPU tensor per layer (as the model produced
+            them: no copy); each row sums to 1. :attr:`weights` stacks them.
         mask: ``(N, key)`` bool, True for real (not padded) positions.
         layers: a name per layer (``"layer 0"``… for Hugging Face models, module names otherwise).
         tokens: the tokens of each example, when a tokenizer was given.
         source: ``"huggingface"`` or ``"torch"``.
     """
 
-    weights: Tensor
+    per_layer: tuple[Tensor, ...]
     mask: Tensor
     layers: tuple[str, ...]
     tokens: tuple[tuple[str, ...], ...] = ()
     source: str = "torch"
     versions: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def weights(self) -> Tensor:
+        """``(N, layers, heads, query, key)``: the layers stacked (a new tensor on every access)."""
+        return torch.stack(self.per_layer, 1)
+
     def rollout(self, *, head_fusion: HeadFusion = "mean", residual: float = 0.5) -> Tensor:
         """:func:`rollout` of every example, padded positions left out: ``(N, query, key)``."""
-        return rollout(self.weights, mask=self.mask, head_fusion=head_fusion, residual=residual)
+        return rollout(self.per_layer, mask=self.mask, head_fusion=head_fusion, residual=residual)
 
     def entropy(self) -> Tensor:
         """``(N, layers, heads)`` mean entropy (nats) of each head's rows over the real query positions.
 
         Low entropy: the head attends to few tokens; ``log(length)``: it spreads evenly.
         """
-        p = self.weights.clamp_min(1e-12)
-        rows = -(self.weights * p.log()).sum(-1)  # (N, L, H, Q)
-        real = self.mask[:, None, None, :].float()  # (N, 1, 1, Q)
-        return (rows * real).sum(-1) / real.sum(-1).clamp_min(1)
+        real = self.mask[:, None, :].float()  # (N, 1, Q)
+        rows = [-(w * w.clamp_min(1e-12).log()).sum(-1) for w in self.per_layer]  # each (N, H, Q)
+        return torch.stack([(r * real).sum(-1) / real.sum(-1).clamp_min(1) for r in rows], 1)
 
 
-def attention(
+def extract(
     model: nn.Module,
     inputs: Mapping[str, Tensor] | Tensor | Sequence[Tensor],
     *,
     tokenizer: Any = None,
 ) -> Attention:
     """Every layer's attention probabilities for ``inputs`` (see the module docstring).
+
+    Example:
+        >>> batch = tokenizer(["the cat sat"], return_tensors="pt")  # doctest: +SKIP
+        >>> maps = deepscope.attention.extract(model, batch, tokenizer=tokenizer)  # doctest: +SKIP
+        >>> maps.weights.shape, maps.rollout().shape  # doctest: +SKIP
+        (torch.Size([1, 6, 12, 5, 5]), torch.Size([1, 5, 5]))
 
     Args:
         model: a Hugging Face model (``model.config`` present) or a PyTorch model with ``nn.MultiheadAttention``
@@ -108,11 +119,12 @@ def attention(
     tokens: tuple[tuple[str, ...], ...] = ()
     if tokenizer is not None and isinstance(inputs, Mapping) and "input_ids" in inputs:
         tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in inputs["input_ids"])
-    return Attention(weights.float().cpu(), mask.cpu(), names, tokens, source, library_versions())
+    per_layer = tuple(w.float().cpu() for w in weights)
+    return Attention(per_layer, mask.cpu(), names, tokens, source, library_versions())
 
 
 def rollout(
-    weights: Tensor,
+    weights: Tensor | Sequence[Tensor],
     *,
     mask: Tensor | None = None,
     head_fusion: HeadFusion = "mean",
@@ -121,7 +133,8 @@ def rollout(
     """Attention rollout: ``Ã_l = (1 − r)·fuse(W_l) + r·I`` with rows re-normalised, ``R = Ã_L ⋯ Ã_1``.
 
     Args:
-        weights: ``(layers, heads, query, key)`` or ``(N, layers, heads, query, key)`` attention probabilities.
+        weights: ``(layers, heads, query, key)`` or ``(N, layers, heads, query, key)`` attention probabilities,
+            or one ``(N, heads, query, key)`` tensor per layer.
         mask: ``(N, key)`` (or ``(key,)``) True for real positions; padded rows and columns are zeroed before
             the re-normalisation, so padding neither receives nor passes on attention.
         head_fusion: ``"mean"`` (the paper's), ``"max"`` or ``"min"`` over the heads.
@@ -130,28 +143,32 @@ def rollout(
     Returns:
         ``(query, key)`` or ``(N, query, key)``: every row sums to 1 over the real positions.
     """
-    single = weights.ndim == 4
-    w = weights[None] if single else weights
-    if w.ndim != 5 or w.shape[-1] != w.shape[-2]:
-        raise ValueError(
-            f"weights must be (layers, heads, T, T) or (N, layers, heads, T, T), got {tuple(weights.shape)}"
-        )
     if head_fusion not in ("mean", "max", "min"):
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
     if not 0 <= residual <= 1:
         raise ValueError(f"residual must be in [0, 1], got {residual}")
-    fused = {"mean": w.mean(2), "max": w.amax(2), "min": w.amin(2)}[head_fusion].double()  # (N, L, T, T)
-    tokens = w.shape[-1]
-    eye = torch.eye(tokens, dtype=fused.dtype, device=fused.device)
-    a = (1 - residual) * fused + residual * eye
+    layers = list(weights) if not isinstance(weights, Tensor) else None
+    single = isinstance(weights, Tensor) and weights.ndim == 4
+    if layers is None:
+        w = weights[None] if single else weights
+        if w.ndim != 5 or w.shape[-1] != w.shape[-2]:
+            raise ValueError(
+                f"weights must be (layers, heads, T, T) or (N, layers, heads, T, T), got {tuple(weights.shape)}"
+            )
+        layers = list(w.unbind(1))  # views, one (N, H, T, T) per layer
+    if not layers or any(t.ndim != 4 or t.shape[-1] != t.shape[-2] for t in layers):
+        raise ValueError("per-layer weights must each be (N, heads, T, T)")
+    fuse = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}[head_fusion]
+    a = torch.stack([fuse(t, 1).float() for t in layers], 1)  # (N, L, T, T), fresh: the steps below work in place
+    a.mul_(1 - residual).diagonal(dim1=-2, dim2=-1).add_(residual)  # (1 − r)·W + r·I, in place
     if mask is not None:
-        real = (mask[None] if mask.ndim == 1 else mask).to(a.device).double()  # (N, T)
-        a = a * real[:, None, :, None] * real[:, None, None, :]
-    a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)  # rows (not columns) sum to 1
+        real = (mask[None] if mask.ndim == 1 else mask).to(a.device, a.dtype)  # (N, T)
+        a.mul_(real[:, None, :, None]).mul_(real[:, None, None, :])
+    a.div_(a.sum(-1, keepdim=True).clamp_min_(1e-12))  # rows (not columns) sum to 1
     result = a[:, 0]
     for layer in range(1, a.shape[1]):
         result = a[:, layer] @ result  # later layers on the left: R = Ã_L ⋯ Ã_1
-    result = result.to(weights.dtype)
+    result = result.to(layers[0].dtype)
     return result[0] if single else result
 
 
@@ -159,16 +176,17 @@ def _is_huggingface(model: nn.Module) -> bool:
     return hasattr(model, "config") and hasattr(model.config, "_attn_implementation")
 
 
-def _huggingface(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+def _huggingface(model: nn.Module, batch: dict[str, Any]) -> tuple[list[Tensor], Tensor, tuple[str, ...]]:
     with _eager(model):
         output = model(**batch, output_attentions=True)
     found = getattr(output, "attentions", None)
     if not found:
         raise ValueError(f"{type(model).__name__} returned no attention weights, even with eager attention")
-    weights = torch.stack(list(found), 1)  # (N, L, H, T, T)
+    weights = list(found)  # (N, H, T, T) per layer
     mask = batch.get("attention_mask")
-    real = mask.bool() if mask is not None else torch.ones(weights.shape[0], weights.shape[-1], dtype=torch.bool)
-    return weights, real, tuple(f"layer {i}" for i in range(weights.shape[1]))
+    shape = weights[0].shape
+    real = mask.bool() if mask is not None else torch.ones(shape[0], shape[-1], dtype=torch.bool)
+    return weights, real, tuple(f"layer {i}" for i in range(len(weights)))
 
 
 @contextlib.contextmanager
@@ -185,7 +203,7 @@ def _eager(model: nn.Module) -> Iterator[None]:
             model.set_attn_implementation(original)
 
 
-def _torch_modules(model: nn.Module, inputs: Any, device: torch.device) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+def _torch_modules(model: nn.Module, inputs: Any, device: torch.device) -> tuple[list[Tensor], Tensor, tuple[str, ...]]:
     modules = {name: m for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
     if not modules:
         raise ValueError(
@@ -217,9 +235,10 @@ def _torch_modules(model: nn.Module, inputs: Any, device: torch.device) -> tuple
     missing = [name for name in modules if name not in captured]
     if missing:
         raise ValueError(f"attention module(s) {', '.join(missing)} did not run during the forward pass")
-    weights = torch.stack([captured[name] for name in modules], 1)  # (N, L, H, T, S)
+    weights = [captured[name] for name in modules]  # (N, H, T, S) per layer
     padding = kwargs.get("src_key_padding_mask")
-    real = ~padding.bool() if padding is not None else torch.ones(weights.shape[0], weights.shape[-1], dtype=torch.bool)
+    shape = weights[0].shape
+    real = ~padding.bool() if padding is not None else torch.ones(shape[0], shape[-1], dtype=torch.bool)
     return weights, real, tuple(modules)
 
 
