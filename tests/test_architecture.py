@@ -62,6 +62,8 @@ LAYERS = {
     "_featurevis_plots": 4,
     "_report_featurevis": 4,
     "attention": 2,
+    "_attention_plots": 4,
+    "_report_attention": 4,
     "_layer_plots": 4,
     "_data": 1,
     "_finding_plots": 4,

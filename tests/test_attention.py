@@ -121,3 +121,24 @@ def test_rollout_keeps_padding_out(generator):
 def test_bad_requests_are_explained(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_an_example_is_recorded_and_reported_with_escaped_tokens(minilm, tmp_path):
+    from deepscope.report import build_report
+    from deepscope.store import RunReader
+
+    model, tokenizer = minilm
+    batch = tokenizer(
+        ["<b>bold</b> claims", "a much longer second sentence than the first"], return_tensors="pt", padding=True
+    )
+    maps = extract(model, batch, tokenizer=tokenizer)
+    run = maps.record(tmp_path / "att", example=0, name="minilm")
+    with RunReader(run) as reader:
+        tokens = reader.meta()["attention/tokens"]
+        stored = reader.tensor("attention/weights", 0)
+    real = int(batch["attention_mask"][0].sum())
+    assert len(tokens) == real and stored.shape == (6, 12, real, real)  # padding is not stored
+    page = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "Attention (minilm)" in page and "&lt;" in page and "<b>bold" not in page
+    with pytest.raises(ValueError, match="example=5 but the batch holds 2 examples"):
+        maps.record(tmp_path / "x", example=5)

@@ -24,17 +24,22 @@ re-normalised to sum to 1, then the layers multiplied from the first to the last
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepscope._tags import TAGS
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet
 from deepscope.layers import model_device
 from deepscope.repro import library_versions
+from deepscope.store import RunWriter, delete_run
 
 __all__ = ["Attention", "extract", "rollout"]
 
@@ -69,6 +74,29 @@ class Attention:
     def rollout(self, *, head_fusion: HeadFusion = "mean", residual: float = 0.5) -> Tensor:
         """:func:`rollout` of every example, padded positions left out: ``(N, query, key)``."""
         return rollout(self.per_layer, mask=self.mask, head_fusion=head_fusion, residual=residual)
+
+    def record(
+        self, run_dir: str | os.PathLike[str], *, example: int = 0, name: str = "attention", overwrite: bool = False
+    ) -> Path:
+        """Store one example's weights, rollout and entropies in a run (``attention/`` tags) for the report."""
+        if not 0 <= example < self.mask.shape[0]:
+            raise ValueError(f"example={example} but the batch holds {self.mask.shape[0]} examples")
+        path = Path(run_dir)
+        if overwrite:
+            delete_run(path)
+        real = self.mask[example]
+        keep = real.nonzero().flatten()  # the real positions only: padding is not drawn
+        weights = self.weights[example][..., keep[:, None], keep]  # (L, H, T, T)
+        tokens = list(self.tokens[example]) if self.tokens else [str(i) for i in range(len(real))]
+        with RunWriter(
+            path, name=name, config={"task": "attention", "source": self.source}, versions=self.versions
+        ) as w:
+            w.set_meta(f"{TAGS.ATTENTION}/tokens", [tokens[i] for i in keep.tolist()])
+            w.set_meta(f"{TAGS.ATTENTION}/layers", list(self.layers))
+            w.add_tensor(f"{TAGS.ATTENTION}/weights", 0, weights.numpy().astype(np.float16))
+            w.add_tensor(f"{TAGS.ATTENTION}/rollout", 0, rollout(weights).numpy().astype(np.float32))
+            w.add_tensor(f"{TAGS.ATTENTION}/entropy", 0, self.entropy()[example].numpy().astype(np.float32))
+        return path
 
     def entropy(self) -> Tensor:
         """``(N, layers, heads)`` mean entropy (nats) of each head's rows over the real query positions.

@@ -35,6 +35,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from deepscope._attention_plots import (
+    attention_entropy_figure,
+    attention_head_view,
+    attention_model_view,
+    attention_rollout_figure,
+)
 from deepscope._attribution_plots import MapRow, SanityCurve, attribution_grid, overlay, sanity_curves
 from deepscope._decision_plots import decision_animation, decision_snapshots
 from deepscope._featurevis_plots import feature_vis_figure
@@ -86,6 +92,10 @@ __all__ = [
     "MapRow",
     "SanityCurve",
     "ScatterSequence",
+    "attention_entropy_figure",
+    "attention_head_view",
+    "attention_model_view",
+    "attention_rollout_figure",
     "attribution_grid",
     "decision_animation",
     "decision_snapshots",

@@ -19,6 +19,7 @@ import numpy as np
 
 from deepscope import plots
 from deepscope._progress import track
+from deepscope._report_attention import attention_sections
 from deepscope._report_attribution import attribution_sections
 from deepscope._report_evaluation import evaluation_sections
 from deepscope._report_featurevis import featurevis_sections
@@ -438,6 +439,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     attribution_sections,
     layer_sections,
     featurevis_sections,
+    attention_sections,
     evaluation_sections,
     _provenance,
 ]
