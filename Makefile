@@ -28,7 +28,7 @@ $(VENV)/.base-stamp: pyproject.toml $(VENV)/.torch-stamp
 	touch $@
 
 $(VENV)/.demo-stamp: pyproject.toml $(VENV)/.base-stamp
-	$(PIP) install -q $(CONSTRAINTS) -e '.[vision]'
+	$(PIP) install -q $(CONSTRAINTS) -e '.[vision,hf]'
 	touch $@
 
 $(VENV)/.test-stamp: pyproject.toml $(VENV)/.base-stamp
