@@ -18,7 +18,7 @@ from deepscope._attention_plots import (
     attention_model_view,
     attention_rollout_figure,
 )
-from deepscope._report_page import Figure, Section, slug
+from deepscope._report_page import Figure, Section, runs_holding
 from deepscope._tags import TAGS
 from deepscope.store import RunReader
 
@@ -30,11 +30,8 @@ _P = TAGS.ATTENTION
 def attention_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
     """One section per run that holds attention weights."""
     sections = []
-    for reader in readers:
-        meta = reader.meta()
-        if f"{_P}/tokens" not in meta:
-            continue
-        name, tokens = slug(reader.info.name), [str(t) for t in meta[f"{_P}/tokens"]]
+    for reader, meta, name in runs_holding(readers, f"{_P}/tokens"):
+        tokens = [str(t) for t in meta[f"{_P}/tokens"]]
         weights = reader.tensor(f"{_P}/weights", 0).astype(np.float32)  # (L, H, T, T)
         entropy = reader.tensor(f"{_P}/entropy", 0)
         last = weights.shape[0] - 1

@@ -14,7 +14,7 @@ import numpy as np
 
 from deepscope import _evaluation_plots as plots
 from deepscope._format import cell
-from deepscope._report_page import Figure, Section, slug
+from deepscope._report_page import Figure, Section, runs_holding
 from deepscope._tags import TAGS
 from deepscope.store import RunReader
 
@@ -27,11 +27,8 @@ _METRICS = ("precision", "recall", "specificity", "f1")
 def evaluation_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
     """Per evaluation run: the metrics, the errors, the groups (if any) and the cue audit (if masks were given)."""
     sections = []
-    for reader in readers:
-        meta = reader.meta()
-        if f"{_P}/summary" not in meta:
-            continue
-        name, names = slug(reader.info.name), [str(n) for n in meta.get(TAGS.CLASS_NAMES) or []]
+    for reader, meta, name in runs_holding(readers, f"{_P}/summary"):
+        names = [str(n) for n in meta.get(TAGS.CLASS_NAMES) or []]
         sections.append(_metrics_section(reader, meta, names, fig_dir, name))
         sections.append(_errors_section(reader, meta, names, fig_dir, name))
         if f"{_P}/groups" in meta:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from deepscope._featurevis_plots import feature_vis_figure, objective_curves
-from deepscope._report_page import Figure, Section, slug
+from deepscope._report_page import Figure, Section, runs_holding
 from deepscope._tags import TAGS
 from deepscope.store import RunReader
 
@@ -23,11 +23,7 @@ _P = TAGS.FEATURE_VIS
 def featurevis_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
     """One section per run that holds feature visualisations."""
     sections = []
-    for reader in readers:
-        meta = reader.meta()
-        if f"{_P}/results" not in meta:
-            continue
-        name = slug(reader.info.name)
+    for reader, meta, name in runs_holding(readers, f"{_P}/results"):
         figures, curves, titles = [], [], []
         for i in range(len(meta[f"{_P}/results"])):
             info = meta[f"{_P}/{i}"]

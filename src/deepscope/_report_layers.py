@@ -12,7 +12,7 @@ import numpy as np
 
 from deepscope import plots
 from deepscope._format import cell
-from deepscope._report_page import Figure, Section, slug
+from deepscope._report_page import Figure, Section, runs_holding, slug
 from deepscope._tags import TAGS
 from deepscope.store import RunReader
 
@@ -25,11 +25,7 @@ _COLUMNS = ("layer", "channels", "mean", "std", "zero_fraction", "dead_channels"
 def layer_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
     """One section per run that holds layer views."""
     sections = []
-    for reader in readers:
-        meta = reader.meta()
-        if f"{_P}/top" not in meta:
-            continue
-        name = slug(reader.info.name)
+    for reader, meta, name in runs_holding(readers, f"{_P}/top"):
         figures = []
         if f"{_P}/filters" in meta:
             spec = meta[f"{_P}/filters"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Figure", "Section", "slug", "write_page"]
+__all__ = ["Figure", "Section", "runs_holding", "slug", "write_page"]
 
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
@@ -43,6 +44,14 @@ class Section:
 def slug(text: str) -> str:
     """``text`` with every character that is not a letter or digit replaced by ``_`` (an anchor, a file name)."""
     return "".join(c if c.isalnum() else "_" for c in text) or "root"
+
+
+def runs_holding(readers: Iterable[Any], key: str) -> Iterator[tuple[Any, dict[str, Any], str]]:
+    """``(reader, meta, slug of the run name)`` for each run whose meta holds ``key``: the runs a section draws."""
+    for reader in readers:
+        meta = reader.meta()
+        if key in meta:
+            yield reader, meta, slug(reader.info.name)
 
 
 def _data_uri(path: Path) -> str:
