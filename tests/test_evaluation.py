@@ -55,6 +55,15 @@ def test_streamed_metrics_equal_scikit_learn_on_the_whole_data(table):
     assert [row["class"] for row in result.table()] == ["a", "b", "c"]
 
 
+def test_a_tabular_evaluation_is_reported_with_its_errors_listed(table, tmp_path):
+    x, y = table
+    result = evaluate(_linear(), (x, y), ["a", "b", "c"], resamples=20, gallery=3)
+    result.record(tmp_path / "tabular")
+    page = build_report(tmp_path).read_text(encoding="utf-8")
+    first = result.gallery.indices[0]
+    assert "Errors (evaluation)" in page and f"Misclassified examples, largest loss first: #{first}:" in page
+
+
 def test_one_logit_is_a_binary_task_with_curves(generator):
     x = torch.randn(200, 4, generator=generator)
     y = (x[:, 0] + 0.5 * torch.randn(200, generator=generator) > 0).long()

@@ -101,22 +101,25 @@ def _errors_section(reader: RunReader, meta: dict, names: list[str], fig_dir: Pa
         *[(names[t], names[p], str(n), cell(rate)) for t, p, n, rate in pairs],
     )
     figures = []
-    if g["indices"]:
+    paragraphs = ["The most confused pairs of classes." if pairs else "No example is misclassified."]
+    captions = [
+        f"#{i}: {names[t]} → {names[p]}\np(true) {pt:.2f}, p(pred) {pp:.2f}"
+        for i, t, p, pt, pp in zip(
+            g["indices"], g["labels"], g["preds"], g["true_probability"], g["pred_probability"], strict=True
+        )
+    ]
+    order = "largest loss" if g["order"] == "loss" else "most confident"
+    inputs = reader.tensor(f"{_P}/gallery/inputs", 0).astype(np.float32) if captions else None
+    if inputs is not None and inputs.ndim == 4:  # images: drawn, with their Grad-CAM when there is one
         maps = reader.tensor(f"{_P}/gallery/maps", 0).astype(np.float32) if g["maps"] else None
-        captions = [
-            f"#{i}: {names[t]} → {names[p]}\np(true) {pt:.2f}, p(pred) {pp:.2f}"
-            for i, t, p, pt, pp in zip(
-                g["indices"], g["labels"], g["preds"], g["true_probability"], g["pred_probability"], strict=True
-            )
-        ]
-        order = "largest loss" if g["order"] == "loss" else "most confident"
         png = plots.error_gallery(
-            reader.tensor(f"{_P}/gallery/inputs", 0).astype(np.float32), maps, captions,
-            fig_dir / f"errors_{name}.png", title=f"Misclassified examples, {order} first",
-        )  # fmt: skip
+            inputs, maps, captions, fig_dir / f"errors_{name}.png", title=f"Misclassified examples, {order} first"
+        )
         figures.append(Figure(png, "Each error with the Grad-CAM of the class it was mistaken for: what misled it."))
-    text = "The most confused pairs of classes." if pairs else "No example is misclassified."
-    return Section(f"errors-{name}", f"Errors ({reader.info.name})", (text,), tuple(figures), table)
+    elif captions:  # not images: the errors are listed
+        listed = "; ".join(c.replace("\n", " ") for c in captions)
+        paragraphs.append(f"Misclassified examples, {order} first: {listed}.")
+    return Section(f"errors-{name}", f"Errors ({reader.info.name})", tuple(paragraphs), tuple(figures), table)
 
 
 def _groups_section(reader: RunReader, meta: dict, fig_dir: Path, name: str) -> Section:
