@@ -9,7 +9,11 @@ variants interleaved in a random order on each repeat; the median over the repea
 ratio to the floor (range), and the ratio of the best times (robust to a shared machine's slowdowns):
 
 - floor: one forward pass as far as ``layer3`` and one backward pass to the input, on a random image
-  of the transformed size (the least any method must compute per step);
+  of the transformed size (the least any method must compute per step). The random scale makes that
+  size change from step to step (126 to 154 px), and a convolution's cost is not proportional to the
+  area (oneDNN is fastest at some sizes; PyTorch's slow path takes ``layer3``'s 8 x 8 maps), so the
+  floor replays the very sizes deepscope's generator draws, step for step. ``--fixed-floor`` also
+  times the floor at the nominal 140 px;
 - floor with the full forward: the same through the whole network (what a method that cannot stop
   at the objective's layer pays);
 - deepscope ``feature_vis`` (stops at ``layer3``, no weight gradients);
@@ -34,17 +38,27 @@ from deepscope._forward import forward_until
 from deepscope.featurevis import feature_vis
 
 SIZE = 128
-TRANSFORMED = SIZE + 2 * 12 - 8 - 4  # pad 12 on each side, jitter 8 then 4 (scale and rotation keep about this size)
+NOMINAL = SIZE + 2 * 12 - 8 - 4  # pad 12 on each side, jitter 8 then 4, at scale 1
 
 
-def floor(model: torch.nn.Module, steps: int, full: bool) -> None:
+def transformed_sizes(model: torch.nn.Module, steps: int) -> list[int]:
+    """The side of the image deepscope's model sees at each step (the same generator seed as ``deepscope_steps``)."""
+    sizes: list[int] = []
+    handle = model.conv1.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[-1]))
+    deepscope_steps(model, steps)
+    handle.remove()
+    return sizes
+
+
+def floor(model: torch.nn.Module, sizes: list[int], full: bool) -> None:
     layer3 = {"layer3": model.layer3}
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.rand(1, 3, TRANSFORMED, TRANSFORMED, requires_grad=True)
+    images = {side: torch.rand(1, 3, side, side, requires_grad=True) for side in set(sizes)}
     captured: dict[str, torch.Tensor] = {}
     handle = model.layer3.register_forward_hook(lambda _m, _a, out: captured.update(out=out)) if full else None
-    for _ in range(steps):
+    for side in sizes:
+        x = images[side]
         if full:
             model(x)
             out = captured["out"]
@@ -83,17 +97,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fixed-floor", action="store_true", help=f"also time the floor at a fixed {NOMINAL} px")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
+    sizes = transformed_sizes(model, args.steps)
     variants = {
-        "floor: forward to layer3 + backward to the input": lambda: floor(model, args.steps, full=False),
-        "floor with the full forward": lambda: floor(model, args.steps, full=True),
+        "floor: forward to layer3 + backward to the input": lambda: floor(model, sizes, full=False),
+        "floor with the full forward": lambda: floor(model, sizes, full=True),
         "deepscope feature_vis": lambda: deepscope_steps(model, args.steps),
         "torch-lucent render_vis": lambda: lucent_steps(model, args.steps, frozen=False),
         "torch-lucent, parameters frozen by hand": lambda: lucent_steps(model, args.steps, frozen=True),
     }
+    if args.fixed_floor:
+        variants[f"floor at a fixed {NOMINAL} px"] = lambda: floor(model, [NOMINAL] * args.steps, full=False)
     for run in variants.values():  # warm-up: kernels, allocator, lucent's imports
         run()
     per_step: dict[str, list[float]] = {name: [] for name in variants}
@@ -106,7 +124,8 @@ def main() -> None:
     reference = "floor: forward to layer3 + backward to the input"
     print(
         f"feature visualisation: resnet18 (random weights), channel 5 of layer3, {SIZE} px Fourier + decorrelated, "
-        f"standard transforms, {torch.get_num_threads()} threads; {args.steps} steps per call, median of "
+        f"standard transforms ({min(sizes)}-{max(sizes)} px), {torch.get_num_threads()} threads; {args.steps} steps "
+        f"per call, median of "
         f"{args.repeats}; ratio = time per step / the floor's"
     )
     for name, times in per_step.items():

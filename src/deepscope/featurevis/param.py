@@ -110,6 +110,9 @@ class Fourier:
         fx = torch.fft.rfftfreq(width)[None, :]  # (1, W//2+1)
         frequency = (fy.square() + fx.square()).sqrt()
         self.scale = (1.0 / frequency.clamp_min(1.0 / max(height, width)) ** decay).to(device)  # (H, W//2+1)
+        # the same for the real and imaginary parts, stored whole: a product that broadcasts along the last
+        # axis of size 2 is several times slower than an elementwise one, and this runs at every step
+        self._real_scale = (_AMPLITUDE * self.scale)[..., None].expand(*self.scale.shape, 2).contiguous()
         shape = (batch, 3, *frequency.shape, 2)  # real and imaginary parts
         self.spectrum = (_SPECTRUM_STD * torch.randn(shape, generator=generator)).to(device).requires_grad_(True)
         self.size = size
@@ -124,11 +127,10 @@ class Fourier:
 
     def __call__(self) -> Tensor:
         """The ``(B, 3, H, W)`` images in ``[0, 1]``."""
-        coefficients = torch.view_as_complex(self.spectrum) * self.scale  # (B, 3, H, W//2+1)
-        image = _AMPLITUDE * torch.fft.irfft2(coefficients, s=self.size, norm="ortho")  # (B, 3, H, W)
-        if self.color is not None:
-            image = torch.einsum("ij,bjhw->bihw", self.color, image)
-        return torch.sigmoid(image)
+        coefficients = self.spectrum * self._real_scale  # (B, 3, H, W//2+1, 2)
+        if self.color is not None:  # mixing the colours of the spectrum mixes those of the image (irfft2 is linear)
+            coefficients = torch.matmul(self.color, coefficients.view(len(coefficients), 3, -1)).view_as(coefficients)
+        return torch.sigmoid(torch.fft.irfft2(torch.view_as_complex(coefficients), s=self.size, norm="ortho"))
 
 
 def make_param(

@@ -99,8 +99,10 @@ def random_affine(
     bilinear interpolation instead of two. The chain's coordinate maps compose into one (pixel
     centres, a true rotation about the centre); what falls outside the image takes ``value``, like
     the padding. One ``grid_sample`` forward and backward replace five operations, which matters
-    because the transforms run at every step.
+    because the transforms run at every step; the sampling grid is one product of the step's
+    matrix with the output's pixel centres, kept per output size.
     """
+    centres: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
 
     def apply(x: Tensor, generator: torch.Generator) -> Tensor:
         first, second = shifts
@@ -126,7 +128,13 @@ def random_affine(
             ],
             dtype=x.dtype, device=x.device,
         )  # fmt: skip
-        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), [x.shape[0], x.shape[1], *out], align_corners=False)
+        key = (*out, x.dtype, x.device)
+        if key not in centres:  # (H·W, 2) normalised (x, y) of the output's pixel centres
+            if len(centres) >= 64:  # a few sizes recur (one per scale factor); never an unbounded cache
+                centres.clear()
+            identity = torch.eye(2, 3, dtype=x.dtype, device=x.device)[None]
+            centres[key] = F.affine_grid(identity, [1, 1, *out], align_corners=False).view(-1, 2)
+        grid = torch.addmm(theta[:, 2], centres[key], theta[:, :2].T).view(1, *out, 2).expand(x.shape[0], -1, -1, -1)
         sampled = F.grid_sample(x - value, grid, mode="bilinear", align_corners=False)
         return sampled + value
 
