@@ -7,6 +7,9 @@ PIP := $(BIN)/python -m pip
 OUT ?= runs/demo
 # The dev pins (torch, torchvision) lie on the project machines' local disk.
 CONSTRAINTS := -c constraints-dev.txt
+# Browser tests drive Debian's chromium through Python playwright (never `playwright install`: it downloads a browser).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test test-slow test-gpu lint bench clean help
 
@@ -38,7 +41,10 @@ $(VENV)/.test-stamp: pyproject.toml $(VENV)/.base-stamp
 demo: $(VENV)/.demo-stamp
 	$(BIN)/deepscope demo --out $(OUT)
 
-test: $(VENV)/.test-stamp
+$(CHROMIUM):
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
+
+test: $(VENV)/.test-stamp $(CHROMIUM)
 	$(BIN)/python -m pytest -m "not slow and not cuda" $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.test-stamp

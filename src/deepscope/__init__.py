@@ -39,6 +39,8 @@ _EXPORTS = {
     "feature_vis_grid": "deepscope.featurevis",
     "Evaluation": "deepscope.evaluation",
     "explain": "deepscope.attribution",
+    "explain_text": "deepscope.text",
+    "TokenAttribution": "deepscope.text",
     "compare": "deepscope.attribution",
     "AttributionMap": "deepscope.attribution",
     "ATTRIBUTIONS": "deepscope.attribution",

@@ -1,4 +1,4 @@
-"""The report's *Attention* section: model view, a head view, rollout and per-head entropy of one example.
+"""The report's *Attention* section: model view, head views (static and interactive), rollout and entropy.
 
 Layer 4: reads what :meth:`deepscope.attention.Attention.record` stored (no torch). Tokens come from
 the user's text; the page escapes every caption and the figures draw them as plain text.
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepscope._attention_panel import head_view_html
 from deepscope._attention_plots import (
     attention_entropy_figure,
     attention_head_view,
@@ -25,6 +26,7 @@ from deepscope.store import RunReader
 __all__ = ["attention_sections"]
 
 _P = TAGS.ATTENTION
+_PANEL_TOKENS = 64  # 6 layers × 12 heads × 64² weights ≈ 1 MB of page; beyond, the static views only
 
 
 def attention_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
@@ -34,8 +36,10 @@ def attention_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Sect
         tokens = [str(t) for t in meta[f"{_P}/tokens"]]
         weights = reader.tensor(f"{_P}/weights", 0).astype(np.float32)  # (L, H, T, T)
         entropy = reader.tensor(f"{_P}/entropy", 0)
-        last = weights.shape[0] - 1
-        focused = [int(h) for h in np.argsort(entropy[last])[:3]]  # the last layer's most focused heads
+        view = meta.get(f"{_P}/view") or {}
+        last = int(view.get("layer", weights.shape[0] - 1))
+        focused = [int(h) for h in view.get("heads") or np.argsort(entropy[last])[:3]]  # default: most focused
+        layers = [str(n) for n in meta.get(f"{_P}/layers") or range(weights.shape[0])]
         figures = (
             Figure(
                 attention_model_view(weights, fig_dir / f"attention_model_{name}.png", title="Every layer and head"),
@@ -47,9 +51,11 @@ def attention_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Sect
                     tokens,
                     fig_dir / f"attention_heads_{name}.png",
                     heads=focused,
-                    title=f"Layer {last}: its three most focused heads",
+                    title=f"Layer {last}: heads {', '.join(map(str, focused))}"
+                    + (" (the most focused)" if "heads" not in view else ""),
                 ),
-                "Each token on the left attends to the tokens on the right; darker lines carry more weight.",
+                f"Layer {last}, heads {', '.join(map(str, focused))}: each token on the left attends to the tokens "
+                "on the right; darker lines carry more weight.",
             ),
             Figure(
                 attention_rollout_figure(
@@ -66,5 +72,14 @@ def attention_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Sect
             ),
         )
         text = f"{len(tokens)} tokens: {' '.join(tokens)}"
-        sections.append(Section(f"attention-{name}", f"Attention ({reader.info.name})", (text,), figures))
+        interactive = len(tokens) <= _PANEL_TOKENS
+        panel = {"element_id": f"panel-{name}", "layer": last, "heads": focused}
+        widgets = (head_view_html(tokens, weights, layers, **panel),) if interactive else ()
+        note = (
+            "Below, the interactive head view: pick a layer and heads; hover a token to see its row, click to keep it."
+            if interactive
+            else f"The interactive head view is left out above {_PANEL_TOKENS} tokens (its page size grows as tokens²)."
+        )
+        title = f"Attention ({reader.info.name})"
+        sections.append(Section(f"attention-{name}", title, (text, note), figures, widgets=widgets))
     return sections

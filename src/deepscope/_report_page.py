@@ -2,21 +2,28 @@
 
 Layer 4. :mod:`deepscope.report` builds the sections from run stores; the CLI's explain page uses
 the same page. Every string is escaped by the template (autoescape); images are inlined as data
-URIs, so the page is one self-contained file.
+URIs, so the page is one self-contained file. A section's widgets are HTML fragments built (and
+escaped) by deepscope, e.g. the attention panel; the page's Content-Security-Policy lets exactly
+their inline scripts run, by hash, and nothing else (no other script, no network).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 __all__ = ["Figure", "Section", "runs_holding", "slug", "write_page"]
 
+_INLINE_SCRIPT = re.compile(r"<script(?![^>]*application/json)[^>]*>(.*?)</script>", re.DOTALL)  # code, not data
 _MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
 
@@ -39,6 +46,7 @@ class Section:
     figures: tuple[Figure, ...] = ()
     table: tuple[tuple[str, ...], ...] = ()  # first row is the header
     notes: tuple[str, ...] = field(default=())
+    widgets: tuple[Markup, ...] = ()  # trusted HTML fragments (e.g. an attention panel), not escaped again
 
 
 def slug(text: str) -> str:
@@ -71,6 +79,13 @@ def write_page(
     return out
 
 
+def _script_hashes(sections: Sequence[Section]) -> str:
+    """The CSP sources allowing exactly the widgets' inline scripts (``'sha256-…'`` each); no other script runs."""
+    scripts = {m.group(1) for s in sections for w in s.widgets for m in _INLINE_SCRIPT.finditer(str(w))}
+    digests = (base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode("ascii") for code in scripts)
+    return " ".join(sorted(f"'sha256-{d}'" for d in digests))
+
+
 def _render(title: str, sections: Sequence[Section], run_dirs: Sequence[Path], base: Path) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -79,6 +94,7 @@ def _render(title: str, sections: Sequence[Section], run_dirs: Sequence[Path], b
     from deepscope import __version__
 
     return env.get_template("report.html").render(
+        script_hashes=_script_hashes(sections),
         title=title,
         sections=sections,
         runs=[str(d) for d in run_dirs],

@@ -53,5 +53,6 @@ class TAGS:
     LAYER_VIEWS = "layers"  # prefix of every tag and meta key written by LayerInspection.record
     EVALUATION = "evaluation"  # prefix of every tag and meta key written by Evaluation.record
     ATTENTION = "attention"  # prefix of every tag and meta key written by Attention.record
+    TEXT = "text"  # prefix of every tag and meta key written by TokenAttribution.record
     FEATURE_VIS = "featurevis"  # prefix of every tag and meta key written by featurevis.record_feature_vis
     DOCTOR_CHECKS = "doctor/checks"  # the checks whose findings the run holds (deepscope.diagnostics.doctor)

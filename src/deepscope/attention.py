@@ -19,11 +19,17 @@ which positions are real, and :func:`rollout` uses it to keep padded positions o
 :func:`rollout`: heads fused (mean by default), the residual stream added as ``0.5·W + 0.5·I``, rows
 re-normalised to sum to 1, then the layers multiplied from the first to the last, so
 ``R = Ã_L ⋯ Ã_1``: row ``i`` of ``R`` is how much output token ``i`` draws on each input token.
+
+Vision transformers: :meth:`Attention.patch_rollout` turns the rollout into one ``(h, w)`` map per
+image over the square patch grid, the class token's row (or, without a class token, the mean row)
+renormalised to sum to 1. torchvision's ``VisionTransformer`` works as a plain PyTorch model: its
+blocks call ``nn.MultiheadAttention`` with ``need_weights=False``, which the pre-hook overrides.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +38,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from markupsafe import Markup
 from torch import Tensor, nn
 
 from deepscope._tags import TAGS
@@ -75,28 +83,102 @@ class Attention:
         """:func:`rollout` of every example, padded positions left out: ``(N, query, key)``."""
         return rollout(self.per_layer, mask=self.mask, head_fusion=head_fusion, residual=residual)
 
+    def patch_rollout(
+        self, *, size: int | tuple[int, int] | None = None, head_fusion: HeadFusion = "mean", residual: float = 0.5
+    ) -> Tensor:
+        """The rollout as image maps for vision transformers: ``(N, h, w)``, each summing to 1.
+
+        The tokens must be a square patch grid in row-major order, optionally after one leading class
+        token (torchvision's and timm's ViT layout). With ``1 + h·w`` tokens the map is the class token's
+        row (query 0) over the patches, the class token's own share dropped: what the classifier reads
+        draws on each patch. With ``h·w`` tokens (no class token, e.g. a pooled head) it is the mean of
+        the rows, what the tokens draw on each patch on average. A class token that draws nothing from
+        the patches (identity attention) gives an all-zero map.
+
+        Args:
+            size: upsample bilinearly (``align_corners=False``) to this ``(H, W)`` (an int: square), e.g. the
+                input's size; the upsampled map is renormalised to sum to 1 again.
+            head_fusion: see :func:`rollout`.
+            residual: see :func:`rollout`.
+
+        Raises:
+            ValueError: the token count is neither ``h·w`` nor ``1 + h·w`` with ``h = w``, ``size`` is not
+                positive, or the weights come from text (a tokenizer was given).
+        """
+        out = (size, size) if isinstance(size, int) else size
+        if out is not None and (
+            len(out) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in out)
+        ):
+            raise ValueError(f"size must be a positive int or an (H, W) pair of them, got {size!r}")
+        if self.tokens:  # a text's token count can happen to be 1 + h·w: refuse it rather than draw nonsense
+            raise ValueError("patch_rollout is for vision transformers; these weights come from text (it has tokens)")
+        skip, side = _patch_grid(self.mask.shape[-1])
+        result = self.rollout(head_fusion=head_fusion, residual=residual)  # (N, T, T)
+        # the class token's row over the patches, or the mean row (padded rows are zero: the renormalisation
+        # below makes it the mean over the real rows)
+        maps = result[:, 0, 1:] if skip else result.mean(1)  # (N, h·w)
+        maps = maps.reshape(-1, side, side).float()  # (N, h, w), row-major like the patch embedding
+        if out is not None:
+            maps = F.interpolate(maps[:, None], size=tuple(out), mode="bilinear", align_corners=False)[:, 0]
+        return maps / maps.sum((-2, -1), keepdim=True).clamp_min(1e-12)  # (N, h, w) or (N, H, W)
+
     def record(
-        self, run_dir: str | os.PathLike[str], *, example: int = 0, name: str = "attention", overwrite: bool = False
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        example: int = 0,
+        name: str = "attention",
+        overwrite: bool = False,
+        layer: int | None = None,
+        heads: Sequence[int] | None = None,
     ) -> Path:
-        """Store one example's weights, rollout and entropies in a run (``attention/`` tags) for the report."""
-        if not 0 <= example < self.mask.shape[0]:
-            raise ValueError(f"example={example} but the batch holds {self.mask.shape[0]} examples")
+        """Store one example's weights, rollout and entropies in a run (``attention/`` tags) for the report.
+
+        ``layer`` and ``heads`` choose the report's head view (default: the last layer, its three most
+        focused heads).
+        """
+        self._check(example)
+        count, width = len(self.per_layer), self.per_layer[0].shape[1]
+        chosen = count - 1 if layer is None else layer
+        if not 0 <= chosen < count or any(not 0 <= h < width for h in heads or ()):
+            raise ValueError(f"layer must be in 0..{count - 1} and heads in 0..{width - 1}; got {layer} and {heads}")
+        shown = list(heads) if heads else self.entropy()[example, chosen].argsort()[:3].tolist()
         path = Path(run_dir)
         if overwrite:
             delete_run(path)
         real = self.mask[example]
         keep = real.nonzero().flatten()  # the real positions only: padding is not drawn
         weights = self.weights[example][..., keep[:, None], keep]  # (L, H, T, T)
-        tokens = list(self.tokens[example]) if self.tokens else [str(i) for i in range(len(real))]
         with RunWriter(
             path, name=name, config={"task": "attention", "source": self.source}, versions=self.versions
         ) as w:
-            w.set_meta(f"{TAGS.ATTENTION}/tokens", [tokens[i] for i in keep.tolist()])
+            w.set_meta(f"{TAGS.ATTENTION}/tokens", [self._tokens(example)[i] for i in keep.tolist()])
             w.set_meta(f"{TAGS.ATTENTION}/layers", list(self.layers))
+            w.set_meta(f"{TAGS.ATTENTION}/view", {"layer": chosen, "heads": [int(h) for h in shown]})
             w.add_tensor(f"{TAGS.ATTENTION}/weights", 0, weights.numpy().astype(np.float16))
             w.add_tensor(f"{TAGS.ATTENTION}/rollout", 0, rollout(weights).numpy().astype(np.float32))
             w.add_tensor(f"{TAGS.ATTENTION}/entropy", 0, self.entropy()[example].numpy().astype(np.float32))
         return path
+
+    def panel(self, example: int = 0) -> Markup:
+        """An interactive head view of one example (HTML, no network): pick the layer and heads, hover a token."""
+        from deepscope._attention_panel import head_view_html  # the presentation layer, loaded to draw
+
+        keep = self.mask[self._check(example)].nonzero().flatten()
+        weights = self.weights[example][..., keep[:, None], keep].numpy()
+        tokens = [self._tokens(example)[i] for i in keep.tolist()]
+        return head_view_html(tokens, weights, list(self.layers), element_id=f"attention-{id(self):x}-{example}")
+
+    def _repr_html_(self) -> str:
+        return str(self.panel(0))
+
+    def _tokens(self, example: int) -> list[str]:
+        return list(self.tokens[example]) if self.tokens else [str(i) for i in range(self.mask.shape[-1])]
+
+    def _check(self, example: int) -> int:
+        if not 0 <= example < self.mask.shape[0]:
+            raise ValueError(f"example={example} but the batch holds {self.mask.shape[0]} examples")
+        return example
 
     def entropy(self) -> Tensor:
         """``(N, layers, heads)`` mean entropy (nats) of each head's rows over the real query positions.
@@ -198,6 +280,19 @@ def rollout(
         result = a[:, layer] @ result  # later layers on the left: R = Ã_L ⋯ Ã_1
     result = result.to(layers[0].dtype)
     return result[0] if single else result
+
+
+def _patch_grid(tokens: int) -> tuple[int, int]:
+    """``(class tokens, grid side)`` for ``tokens`` laid out as ``[class token] + side × side`` patches."""
+    for skip in (0, 1):  # all tokens are patches (tried first, as the CAM methods do), or a leading class token
+        side = math.isqrt(max(tokens - skip, 0))
+        if side > 0 and side * side == tokens - skip:
+            return skip, side
+    raise ValueError(
+        f"patch_rollout needs the tokens of a square patch grid, h·w or 1 + h·w (a leading class token) with "
+        f"h = w; got {tokens} tokens, and neither {tokens} nor {tokens - 1} is a square. For text or non-square "
+        "grids use rollout(), which returns the (N, query, key) matrix"
+    )
 
 
 def _is_huggingface(model: nn.Module) -> bool:

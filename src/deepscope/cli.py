@@ -382,6 +382,89 @@ def compare(
     _console().print(f"run: {run.resolve()}\npage: {page.resolve()}")
 
 
+@app.command()
+def attention(
+    model_dir: Annotated[Path, typer.Argument(help="A Hugging Face model folder (config, weights, tokenizer).")],
+    text: Annotated[str, typer.Argument(help="The text to run through the model.")],
+    layer: Annotated[
+        int | None, typer.Option("--layer", "-l", help="Layer of the head view (default: the last).")
+    ] = None,
+    head: Annotated[
+        list[int] | None,
+        typer.Option("--head", help="Head(s) of the head view (repeatable; default: the 3 most focused)."),
+    ] = None,
+    explain_tokens: Annotated[
+        bool, typer.Option("--explain", help="Also attribute a classifier's prediction to the tokens (IG).")
+    ] = False,
+    target: _TargetOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and their report.")] = Path(
+        "runs/attention"
+    ),
+) -> None:
+    """A transformer's attention on a text: heads, model view, rollout, entropy (and token attributions)."""
+    from deepscope.attention import extract
+    from deepscope.report import build_report
+
+    model, tokenizer = _load_hf(model_dir, classifier=explain_tokens)
+    batch = tokenizer([text], return_tensors="pt", truncation=True)
+    maps = extract(model, batch, tokenizer=tokenizer)
+    count, heads = len(maps.layers), maps.per_layer[0].shape[1]
+    chosen = count - 1 if layer is None else layer
+    if not 0 <= chosen < count:
+        raise typer.BadParameter(f"--layer {layer} is out of range: the model has layers 0 to {count - 1}")
+    bad = [h for h in head or [] if not 0 <= h < heads]
+    if bad:
+        raise typer.BadParameter(f"--head {bad[0]} is out of range: each layer has heads 0 to {heads - 1}")
+    focused = maps.entropy()[0, chosen].argsort()[:3].tolist()
+    shown = list(head) if head else focused
+    run = maps.record(out / "attention", name=f"{model_dir.name}: attention", overwrite=True, layer=chosen, heads=shown)
+    console = _console()
+    tokens = maps.tokens[0]
+    console.print(f"{count} layers × {heads} heads, {len(tokens)} tokens; layer {chosen}, heads {shown}")
+    for h in shown:
+        rows = maps.per_layer[chosen][0, h]
+        pairs = ", ".join(
+            f"{tokens[i]}→{tokens[int(rows[i].argmax())]} {float(rows[i].max()):.2f}" for i in range(len(tokens))
+        )
+        console.print(f"  head {h}: {pairs}")
+    source = maps.rollout()[0, 0]
+    top = source.argsort(descending=True)[:3].tolist()
+    console.print("rollout of " + tokens[0] + ": " + ", ".join(f"{tokens[i]} {float(source[i]):.2f}" for i in top))
+    if explain_tokens:
+        from deepscope.text import explain_text
+
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        result = explain_text(model, batch, tokenizer=tokenizer, target=target, class_names=names)
+        scores = result.scores[0]
+        console.print(
+            f"token attributions for {result.label(result.target[0])}: "
+            + ", ".join(
+                f"{tokens[i]} {float(scores[i]):+.3f}" for i in scores.abs().argsort(descending=True)[:5].tolist()
+            )
+        )
+        result.record(out / "tokens", name=f"{model_dir.name}: token attributions", overwrite=True)
+    console.print(f"run: {run.resolve()}\nreport: {build_report(out).resolve()}")
+
+
+def _load_hf(model_dir: Path, *, classifier: bool) -> tuple[nn.Module, object]:
+    """A local Hugging Face model and tokenizer, offline; a classifier only when the folder holds a trained head."""
+    if not (model_dir / "config.json").is_file():
+        raise typer.BadParameter(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    try:
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    except ImportError as err:
+        raise typer.BadParameter("reading Hugging Face models needs the hf extra: pip install 'deepscope[hf]'") from err
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    if classifier and not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        raise typer.BadParameter(
+            f"--explain needs a text classifier; {model_dir} holds {', '.join(config.architectures or ['no head'])} "
+            "(its classification head would be untrained)"
+        )
+    loader = AutoModelForSequenceClassification if classifier else AutoModel
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return loader.from_pretrained(model_dir, local_files_only=True).eval(), tokenizer
+
+
 def _prepare(
     spec: str, images: list[Path], weights: Path | None, trust: bool, size: int, raw: bool
 ) -> tuple[nn.Module, Tensor, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Built-in data for demos and tests: synthetic shapes with exact masks, and a few real photos.
+"""Built-in data for demos and tests: synthetic shapes with exact masks, templated reviews, a few real photos.
 
 :func:`shapes` draws one filled shape per image (random position, size, rotation and colour) on a
 random textured background. Every background parameter is drawn independently of the class, so
@@ -6,6 +6,8 @@ the background carries no information about the label: a network that classifies
 has to look at the object, and the object mask is the ground truth of the pointing game and of
 energy-in-mask. Generation is vectorised over the batch (coordinate grids, no per-pixel loops)
 and takes about 0.2 s for 1000 images of 64 px on two CPU cores.
+
+:func:`reviews` writes short templated movie reviews with a sentiment label, for text models.
 
 :func:`sample_photos` returns scikit-image's bundled photographs (offline), for visual demos on
 ImageNet models.
@@ -31,7 +33,18 @@ from torch import Tensor
 
 from deepscope.errors import UnknownNameError
 
-__all__ = ["BACKGROUNDS", "CUE_COLORS", "PHOTOS", "SHAPES", "ShapesData", "digits", "sample_photos", "shapes"]
+__all__ = [
+    "BACKGROUNDS",
+    "CUE_COLORS",
+    "PHOTOS",
+    "REVIEW_CLASSES",
+    "SHAPES",
+    "ShapesData",
+    "digits",
+    "reviews",
+    "sample_photos",
+    "shapes",
+]
 
 _Mask = Callable[[Tensor, Tensor], Tensor]  # (u, v) shape coordinates in radius units -> bool mask
 
@@ -370,3 +383,47 @@ def digits(size: int = 16) -> tuple[Tensor, Tensor]:
     if size != 8:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return images.clamp(0.0, 1.0), torch.as_tensor(bunch.target, dtype=torch.long)
+
+
+_REVIEW_TEMPLATES = (
+    "the {noun} was {adj}",
+    "a {adj} {noun}",
+    "what a {adj} {noun}",
+    "i found the {noun} {adj}",
+    "honestly the {noun} is {adj}",
+    "the {noun} felt {adj} from start to finish",
+    "my friends thought the {noun} was {adj}",
+)
+_REVIEW_NOUNS = ("film", "plot", "acting", "story", "ending", "soundtrack", "script", "movie", "cast", "dialogue")
+_REVIEW_WORDS = {  # (train, test) adjectives per sentiment: the test split's words never appear in training
+    0: (("awful", "boring", "dull", "terrible", "tedious", "clumsy"), ("dreadful", "bland", "messy")),
+    1: (("wonderful", "great", "delightful", "brilliant", "charming", "superb"), ("excellent", "lovely", "moving")),
+}
+REVIEW_CLASSES = ("negative", "positive")
+"""Class names of :func:`reviews`' labels."""
+
+
+def reviews(count: int, *, split: str = "train", seed: int = 0) -> tuple[list[str], list[int]]:
+    """Short templated movie reviews and their sentiment (0 negative, 1 positive), balanced.
+
+    The sentiment is carried by one adjective; ``split="test"`` uses adjectives that ``"train"`` never
+    shows, so a classifier's test accuracy measures what it learnt about the words' meaning (from a
+    pretrained encoder), not memorised words. Token attributions should point at that adjective.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    g = torch.Generator().manual_seed(seed)
+    part = 0 if split == "train" else 1
+    texts, labels = [], []
+    for i in range(count):
+        label = i % 2
+        words = _REVIEW_WORDS[label][part]
+        template, noun, adjective = (
+            options[int(torch.randint(len(options), (1,), generator=g))]
+            for options in (_REVIEW_TEMPLATES, _REVIEW_NOUNS, words)
+        )
+        texts.append(template.format(noun=noun, adj=adjective))
+        labels.append(label)
+    return texts, labels

@@ -79,6 +79,7 @@ from deepscope._plot_style import (
     class_color,
     class_marker,
 )
+from deepscope._text_plots import highlighted_html, token_attribution_figure
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -105,12 +106,14 @@ __all__ = [
     "filter_grid",
     "gradient_flow",
     "health_heatmaps",
+    "highlighted_html",
     "invariance_figure",
     "loss_curves",
     "occlusion_figure",
     "overlay",
     "representation_animation",
     "sanity_curves",
+    "token_attribution_figure",
     "top_activation_grid",
     "toy_task_figure",
     "training_curves",

@@ -27,6 +27,7 @@ from deepscope._report_findings import findings_section
 from deepscope._report_layers import evolution_sections, layer_sections
 from deepscope._report_page import Figure, Section, write_page
 from deepscope._report_page import slug as _slug
+from deepscope._report_text import text_sections
 from deepscope._tags import TAGS
 from deepscope.projection import PROJECTIONS, Projection, project_frames
 from deepscope.store import RunReader, find_runs
@@ -440,6 +441,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     layer_sections,
     featurevis_sections,
     attention_sections,
+    text_sections,
     evaluation_sections,
     _provenance,
 ]
