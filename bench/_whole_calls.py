@@ -13,9 +13,15 @@ from collections.abc import Callable, Mapping
 
 
 def time_whole_calls(
-    variants: Mapping[str, Callable[[], object]], repeats: int, seed: int = 0
+    variants: Mapping[str, Callable[[], object]], repeats: int, seed: int = 0, *, warm_up: bool = False
 ) -> dict[str, list[float]]:
-    """Seconds of each call of each variant: every repeat runs each variant once, in a fresh random order."""
+    """Seconds of each call of each variant: every repeat runs each variant once, in a fresh random order.
+
+    ``warm_up``: call every variant once first, untimed (kernels, allocator pools and imports ready).
+    """
+    if warm_up:
+        for call in variants.values():
+            call()
     totals: dict[str, list[float]] = {name: [] for name in variants}
     order = random.Random(seed)
     for _ in range(repeats):

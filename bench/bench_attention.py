@@ -48,9 +48,7 @@ def main() -> None:
         "sdpa forward (the default)": lambda: forward(sdpa),
         "attention.extract (sdpa model, eager for the call)": lambda: extract(sdpa, batch),
     }
-    for call in calls.values():
-        call()  # warm-up
-    totals = time_whole_calls(calls, args.repeats)
+    totals = time_whole_calls(calls, args.repeats, warm_up=True)
     print(
         f"attention extraction: all-MiniLM-L6-v2, {len(texts)} texts x 128 tokens, {torch.get_num_threads()} "
         f"threads; median of {args.repeats}; ratio = eager forward time / variant time"

@@ -58,9 +58,7 @@ def main() -> None:
             model, batch, tokenizer=tokenizer, target=target.tolist(), n_steps=args.steps
         ),
     }
-    for run in variants.values():
-        run()  # warm-up
-    totals = time_whole_calls(variants, args.repeats)
+    totals = time_whole_calls(variants, args.repeats, warm_up=True)
     print(
         f"token attributions: all-MiniLM-L6-v2 + sentiment head, {len(texts)} reviews of up to {ids.shape[1]} tokens, "
         f"IG with {args.steps} points, {torch.get_num_threads()} threads, median of {args.repeats}; "

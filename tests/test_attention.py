@@ -122,6 +122,8 @@ def test_rollout_keeps_padding_out(generator):
         (lambda: rollout(torch.ones(2, 3, 4, 5)), r"\(layers, heads, T, T\)"),
         (lambda: rollout(torch.ones(1, 1, 3, 3), head_fusion="median"), "head_fusion must be"),
         (lambda: rollout(torch.ones(1, 1, 3, 3), residual=2.0), r"residual must be in \[0, 1\]"),
+        (lambda: rollout(torch.ones(2, 1, 1, 3, 3), mask=torch.ones(3, 3)), r"mask must be \(N, T\) = \(2, 3\)"),
+        (lambda: rollout(torch.ones(1, 1, 3, 3), mask=torch.ones(4)), r"mask must be \(N, T\) = \(1, 3\)"),
     ],
 )
 def test_bad_requests_are_explained(call, message):

@@ -21,6 +21,11 @@ def test_compare_records_and_reports(tiny_cnn, generator, tmp_path):
         assert reader.meta()["attribution/methods"] == ["saliency"]
     page = build_report(tmp_path / "runs").read_text()
     assert 'id="attribution-attribution"' in page and "deletion AUC (lower is better)" in page
+    threads = torch.get_num_threads()  # the explanation's own cost: its seconds × 4 W per busy thread
+    assert "energy (Wh, estimated)" in page and f"its seconds × {4.0 * threads:g} W" in page
+    from deepscope._format import cell
+
+    assert f"<td>{cell(1000 * rows[0]['seconds'] * 4.0 * threads / 3.6e6)}</td>" in page
 
 
 def test_compare_validates_metrics(tiny_cnn, tiny_images):

@@ -67,4 +67,4 @@ def test_runs_of_different_lengths_and_more_runs_than_panels(tmp_path):
     assert "Showing the first 4 of 5 runs." in page
     frames = iio.imread(tmp_path / "figures" / "repr_fc_1__class.gif", index=None)
     assert frames.shape[0] == 5  # the longest shown run (run 3) has 5 snapshots; shorter runs hold their last
-    assert page.count("<tr>") == 2 * (1 + 5)  # overview and provenance: a header and every run
+    assert page.count("<tr>") == 3 * (1 + 5)  # overview, reproducibility and provenance: a header and every run

@@ -186,7 +186,9 @@ def test_meta_and_findings_round_trip(tmp_path):
         with pytest.raises(TypeError, match="JSON-serialisable"):
             writer.set_meta("bad", object())
     with RunReader(tmp_path) as reader:
-        assert reader.meta() == {"classes": ["cat", "dog"], "every": 10}
+        meta = reader.meta()
+        assert meta.pop("repro/environment")["python"]  # every new run records what it ran on
+        assert meta == {"classes": ["cat", "dog"], "every": 10}
         first, second = reader.findings()
         assert first == FindingRecord(
             check="dead_relu",
@@ -533,3 +535,12 @@ def test_a_writer_left_open_is_closed_at_exit_with_the_right_status(tmp_path, en
     with RunReader(tmp_path) as reader:
         assert reader.info.status == status
         assert reader.scalars("x").values.tolist() == [2.0]
+
+
+def test_a_status_set_in_the_block_and_the_versions_survive_reopening(tmp_path):
+    with RunWriter(tmp_path, versions={"torch": "9.9"}) as writer:
+        writer.set_status("failed")
+    with RunWriter(tmp_path) as writer:  # reopened without versions
+        writer.set_status("failed")
+    with RunReader(tmp_path) as reader:
+        assert reader.info.status == "failed" and reader.info.versions["torch"] == "9.9"

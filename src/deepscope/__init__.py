@@ -66,9 +66,11 @@ _SUBMODULES = (
     "diagnostics",
     "evaluation",
     "featurevis",
+    "footprint",
     "plots",
     "probes",
     "report",
+    "repro",
     "store",
 )
 

@@ -45,14 +45,26 @@ def duplicates_across(splits: Mapping[str, Any]) -> dict[tuple[str, str], tuple[
     return found
 
 
+_INPUT_KEYS = ("input", "inputs", "image", "images", "x", "pixel_values", "input_ids", "text")
+
+
 def _item_digest(item: Any) -> bytes:
     if isinstance(item, (str, os.PathLike)):
         return hashlib.blake2b(Path(item).read_bytes(), digest_size=16).digest()
-    if isinstance(item, (tuple, list)) and item:  # (input, label): the input identifies the sample
-        item = item[0]
-    if isinstance(item, Mapping) and item:
-        item = next(iter(item.values()))
+    if isinstance(item, (tuple, list)) and item and _is_sample(item[0]):  # (input, label): the input identifies it
+        return _item_digest(item[0])
+    if isinstance(item, Mapping) and item:  # the input's entry, or else every entry in key order
+        key = next((k for k in _INPUT_KEYS if k in item), None)
+        if key is not None:
+            return _item_digest(item[key])
+        parts = b"".join(_item_digest(item[k]) for k in sorted(item, key=str))
+        return hashlib.blake2b(parts, digest_size=16).digest()
     return _digest(_to_numpy(item))
+
+
+def _is_sample(value: Any) -> bool:
+    """An input of its own (a file, an array, a tensor, a record), not one number of a feature row."""
+    return isinstance(value, (str, os.PathLike, Mapping)) or hasattr(value, "shape")
 
 
 def _to_numpy(value: Any) -> np.ndarray:

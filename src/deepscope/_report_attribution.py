@@ -14,6 +14,7 @@ from deepscope import plots
 from deepscope._format import cell
 from deepscope._report_page import Figure, Section, slug
 from deepscope._tags import TAGS
+from deepscope.footprint import CPU_W_PER_THREAD, estimate
 from deepscope.store import RunReader
 
 __all__ = ["attribution_sections"]
@@ -53,6 +54,12 @@ def attribution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Se
             if any(row.get(c) is not None for row in table)
         ]
         cells = [tuple(columns)] + [tuple(cell(row.get(c)) for c in columns) for row in table]
+        if "seconds" in columns:  # what the explanations themselves cost
+            power = _cpu_power(meta)
+            cells = [(*cells[0], "energy (Wh, estimated)")] + [
+                (*cells[i + 1], cell(1000 * estimate(float(row["seconds"]), power_w=power).energy_kwh))
+                for i, row in enumerate(table)
+            ]
         notes = meta.get(f"{TAGS.ATTRIBUTION}/notes") or {}
         sections.append(
             Section(
@@ -63,6 +70,14 @@ def attribution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Se
                     "(non-negative maps min–max on inferno; signed maps blue < 0 < red, clipped at the 99th "
                     "percentile of |map|, transparent where 0).",
                     "Which map to trust: " + "; ".join(_METRIC_HELP[c] for c in columns if c in _METRIC_HELP) + ".",
+                    *(
+                        [
+                            f"The energy column estimates each method's cost: its seconds × {_cpu_power(meta):g} W "
+                            f"({CPU_W_PER_THREAD:g} W per busy CPU thread, deepscope.footprint.estimate)."
+                        ]
+                        if "seconds" in columns
+                        else []
+                    ),
                     *(str(v) for v in notes.values()),
                 ),
                 figures=tuple(figures),
@@ -114,3 +129,10 @@ def _attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
         for i, value in enumerate(reader.tensor(tag, 0)):
             parts[i].append("hit" if value else "miss")
     return [" · ".join(p) for p in parts]
+
+
+def _cpu_power(meta: dict) -> float:
+    """Watts of the run's busy CPU threads (as recorded when it was created; 1 thread if unknown)."""
+    env = meta.get(TAGS.ENVIRONMENT) or {}
+    threads = (env.get("torch") or {}).get("threads") or 1
+    return float(threads) * CPU_W_PER_THREAD

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from deepscope._environment import environment as environment_now
 from deepscope._store_lock import WriterLock
 from deepscope._store_schema import (
     BLOB_DIR,
@@ -48,6 +49,7 @@ from deepscope._store_schema import (
     tensor_header,
     to_json,
 )
+from deepscope._tags import TAGS
 from deepscope.errors import SchemaVersionError
 
 __all__ = ["RunWriter", "json_safe"]
@@ -170,10 +172,11 @@ class RunWriter(RunLocation):
         self._inline_bytes = int(inline_bytes)
         config_json = to_json(config, "config") if config is not None else None
         versions_json = to_json({**_default_versions(), **(versions or {})}, "versions")
+        refreshed = versions_json if versions is not None else None  # reopened without versions: keep the stored
         (self._run_dir / BLOB_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self._run_dir)
         try:
-            self._conn = self._open(name, config_json, versions_json)
+            self._conn = self._open(name, config_json, versions_json, refreshed)
         except BaseException:
             self._lock.release()
             raise
@@ -193,7 +196,9 @@ class RunWriter(RunLocation):
         self._thread.start()
         _OPEN_WRITERS.add(self)
 
-    def _open(self, name: str | None, config_json: str | None, versions_json: str) -> sqlite3.Connection:
+    def _open(
+        self, name: str | None, config_json: str | None, versions_json: str, refreshed: str | None
+    ) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
         try:
             try:
@@ -215,11 +220,13 @@ class RunWriter(RunLocation):
                     "INSERT INTO runs VALUES (?, ?, ?, 'running', ?, ?)",
                     (uuid.uuid4().hex, name or self._run_dir.name, time.time(), config_json or "{}", versions_json),
                 )
+                environment = to_json(json_safe(environment_now()), "environment")
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAGS.ENVIRONMENT, environment))
             else:  # resume: keep identity and creation time, refresh what the caller passed
                 conn.execute(
                     "UPDATE runs SET name = COALESCE(?, name), status = 'running', config = COALESCE(?, config), "
-                    "versions = ?",
-                    (name, config_json, versions_json),
+                    "versions = COALESCE(?, versions)",
+                    (name, config_json, refreshed),
                 )
             conn.execute("COMMIT")
         except BaseException:
@@ -416,7 +423,7 @@ class RunWriter(RunLocation):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if not self._closed:
+        if not self._closed and (exc_type is not None or not self._status_set):  # a status set in the block stays
             with self._cond:
                 self._batch.status = "failed" if exc_type is not None else "finished"
                 self._status_set = True

@@ -273,6 +273,11 @@ def rollout(
     a.mul_(1 - residual).diagonal(dim1=-2, dim2=-1).add_(residual)  # (1 − r)·W + r·I, in place
     if mask is not None:
         real = (mask[None] if mask.ndim == 1 else mask).to(a.device, a.dtype)  # (N, T)
+        if real.shape != (a.shape[0], a.shape[-1]):
+            raise ValueError(
+                f"mask must be (N, T) = ({a.shape[0]}, {a.shape[-1]}) like the weights (one row per example, one "
+                f"entry per token); got {tuple(mask.shape)}"
+            )
         a.mul_(real[:, None, :, None]).mul_(real[:, None, None, :])
     a.div_(a.sum(-1, keepdim=True).clamp_min_(1e-12))  # rows (not columns) sum to 1
     result = a[:, 0]

@@ -214,6 +214,48 @@ def doctor(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def env(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the environment as JSON.")] = False,
+) -> None:
+    """What this machine runs: Python, libraries, CUDA/cuDNN, devices, CPU, OS, git commit (what every run records)."""
+    import json
+
+    from deepscope.repro import environment
+
+    found = environment()
+    if as_json:
+        print(json.dumps(found, indent=2, sort_keys=True))
+        return
+    console = _console()
+    for key, value in _flatten(found):
+        console.print(f"{key}: {value}", markup=False, highlight=False)
+
+
+def _flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:
+    """``a.b: value`` rows of a nested dict, for printing."""
+    if isinstance(value, dict) and value:
+        return [row for key, inner in value.items() for row in _flatten(inner, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), value)]
+
+
+@app.command("verify-split")
+def verify_split(
+    run_dir: Annotated[Path, typer.Argument(help="A run holding a split manifest (repro.split_manifest(...).record).")],
+    base: Annotated[
+        Path | None, typer.Option(help="Folder the manifest's relative paths start from (default: the current one).")
+    ] = None,
+) -> None:
+    """Re-read the files of a run's data splits and compare them with its manifest; exit 1 when they differ."""
+    from deepscope.repro import SplitManifest, verify_files
+
+    check = verify_files(SplitManifest.load(run_dir), base)
+    _console().print(check.summary(), markup=False, highlight=False)
+    differs = check.missing or check.new or any(d.found is not None and not d.identical for d in check.splits)
+    if differs:
+        raise typer.Exit(code=1)
+
+
 @app.command("export-tensorboard")
 def export_tensorboard(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs.")],

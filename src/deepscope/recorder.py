@@ -105,6 +105,10 @@ class Recorder:
             the quantiles 1/25/50/75/99 %, computed on the device (``deepscope export-tensorboard``
             turns them into TensorBoard histograms). 0 (the default) records none.
         probes: your own :class:`~deepscope.probes.Probe` instances, recorded with the built-in ones.
+        footprint: measure the energy, CO₂-eq and water of the recorded training, from ``open`` to ``close``
+            (:class:`deepscope.footprint.Meter`: codecarbon's offline tracker when installed, else an estimate);
+            ``True`` for the defaults, or a dict of ``Meter``'s arguments such as ``{"country": "FRA"}``. Stored
+            in the run (``repro/footprint``) for the report's *Reproducibility & footprint* section.
 
     Example:
         >>> with Recorder(model, "runs/exp1", probe=(x_val, y_val), layers=["fc1"], every=10) as rec:  # doctest: +SKIP
@@ -136,6 +140,7 @@ class Recorder:
         resume: bool | int = False,
         histogram_bins: int = 0,
         probes: Sequence[Probe] = (),
+        footprint: bool | Mapping[str, Any] = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -174,6 +179,7 @@ class Recorder:
         self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []
         self._hooks: HookSet | None = None  # the measured step's hooks, while armed
         self._nonfinite_seen = False
+        self._meter = _meter(footprint, model)  # checked now: a bad setting fails before training starts
 
     # -- context management -------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -230,6 +236,8 @@ class Recorder:
             probe.start(self._writer, resumed=resumed)
         if not resumed:
             self._snapshot(self._writer)
+        if self._meter is not None:
+            self._meter.__enter__()
 
     def _resume_counters(self, writer: RunWriter) -> bool:
         """Continue the run in the store: set the step counter, drop rows after a ``resume=<step>``; False if empty."""
@@ -263,6 +271,9 @@ class Recorder:
             if writer is not None:
                 if failed:
                     self._flush_scalars(writer, reduce=False)  # no collective: the other ranks may be gone
+                if self._meter is not None:
+                    self._meter.__exit__(None, None, None)
+                    writer.set_meta(TAGS.FOOTPRINT, self._meter.footprint.as_dict())
                 writer.set_status(status)
                 writer.close()
 
@@ -545,3 +556,16 @@ def _check_probe(probe: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     if labels.numel() and labels.min() < 0:
         raise ValueError(f"probe labels must be class indices >= 0, got {labels.min().item()}")
     return inputs.detach(), labels.long()
+
+
+def _meter(footprint: bool | Mapping[str, Any], model: nn.Module) -> Any:
+    """The footprint meter the Recorder runs from ``open`` to ``close``, or None."""
+    if footprint is False:
+        return None
+    from deepscope.footprint import Meter  # codecarbon is imported only when asked for
+
+    if not isinstance(footprint, (bool, Mapping)):
+        raise TypeError(f"footprint must be True, False or a dict of Meter arguments, got {type(footprint).__name__}")
+    settings = {} if footprint is True else dict(footprint)
+    device = model_device(model)
+    return Meter(**{"device": device if device.type == "cuda" else None, **settings})

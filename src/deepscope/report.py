@@ -27,6 +27,7 @@ from deepscope._report_findings import findings_section
 from deepscope._report_layers import evolution_sections, layer_sections
 from deepscope._report_page import Figure, Section, write_page
 from deepscope._report_page import slug as _slug
+from deepscope._report_repro import repro_section
 from deepscope._report_text import text_sections
 from deepscope._tags import TAGS
 from deepscope.projection import PROJECTIONS, Projection, project_frames
@@ -387,10 +388,13 @@ def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
                 blocks = list(meta[TAGS.RESIDUAL_BLOCKS])
                 panels.append(plots.HealthPanel("residual ‖F(x)‖ / ‖skip‖", blocks, ratios, log=True))
         slug = _slug(reader.info.name)
-        png = plots.health_heatmaps(
-            steps, panels, fig_dir / f"health_{slug}.png", title=f"Layer health · {reader.info.name}"
-        )
-        figures.append(Figure(png, f"Per-layer statistics of the training step, {reader.info.name}."))
+        if panels:
+            png = plots.health_heatmaps(
+                steps, panels, fig_dir / f"health_{slug}.png", title=f"Layer health · {reader.info.name}"
+            )
+            figures.append(Figure(png, f"Per-layer statistics of the training step, {reader.info.name}."))
+        else:
+            notes.append(f"{reader.info.name}: no layer statistic was measured (no value in any recorded step).")
         grads = table[statistics.index("grad_norm")]
         rows = [j for j in range(len(layers)) if not np.isnan(grads[j]).all()]
         if rows:
@@ -443,6 +447,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     attention_sections,
     text_sections,
     evaluation_sections,
+    repro_section,
     _provenance,
 ]
 

@@ -9,9 +9,9 @@ completeness axiom at the token level: the scores of an example sum to ``f(x) âˆ
 
 Each example is explained on its real tokens only (its attention mask), so padding neither gets a
 score nor changes the others; examples of the same length (and the same other inputs) go through
-the model together, in the engine's blocks of path points. The default baseline replaces every token by the padding token and
-keeps the special tokens (``[CLS]``, ``[SEP]``) when a tokenizer says which they are: the "empty
-sentence" the prediction is compared with.
+the model together, in the engine's blocks of path points. The default baseline replaces every
+token by the padding token and keeps the special tokens (``[CLS]``, ``[SEP]``) when a tokenizer
+says which they are: the "empty sentence" the prediction is compared with.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from deepscope.demos._common import apply_overrides, clear_runs
 from deepscope.probes import FeatureEvolution
 from deepscope.recorder import Recorder
 from deepscope.registry import DEMOS
+from deepscope.repro import seed_everything, split_manifest
 
 __all__ = ["DigitsConfig", "ResidualBlock", "make_cnn", "make_sigmoid_mlp", "record", "split", "train"]
 
@@ -118,6 +119,7 @@ def train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, data
         optimizer=optimizer,
         residual=[name for name, module in model.named_children() if isinstance(module, ResidualBlock)] or False,
         probes=[FeatureEvolution(model, "relu2", channels=range(8))] if hasattr(model, "relu2") else (),
+        footprint=True,  # energy, CO₂-eq and water of the training, in the report's reproducibility section
     )
     with recorder as rec:
         for epoch in track(range(config.epochs), name, total=config.epochs):
@@ -133,6 +135,7 @@ def train(model: nn.Module, run_dir: Path, name: str, config: DigitsConfig, data
             with torch.no_grad():  # the held-out loss, on the same step axis as the training loss
                 rec.eval_step({"loss": nn.functional.cross_entropy(model(x_probe), y_probe)})
             model.train()
+    split_manifest({"train": x_train, "held out": x_probe}).record(run_dir)  # which digits each split held
     return run_dir
 
 
@@ -151,6 +154,7 @@ def record(
 ) -> tuple[Path, ...]:
     """Train the healthy CNN and the deep sigmoid MLP on the same digits, recording both."""
     config = apply_overrides(DigitsConfig(epochs=2, every=15) if quick else DigitsConfig(), overrides or {})
+    seed_everything(config.seed, deterministic=False)  # recorded by both runs; models and batches are seeded too
     out = Path(out_dir)
     clear_runs(out)
     data = split(config.seed)
