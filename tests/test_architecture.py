@@ -90,6 +90,7 @@ LAYERS = {
     "report": 4,
     "demos": 5,
     "cli": 5,
+    "server": 5,
 }
 
 

@@ -94,6 +94,34 @@ def report(
 
 
 @app.command()
+def serve(
+    runs_root: Annotated[Path, typer.Argument(help="A run folder, or a folder of runs (up to 3 levels down).")] = Path(
+        "runs"
+    ),
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback needs --token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 6007,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Secret every /api request must carry (?token= or a Bearer header).")
+    ] = None,
+) -> None:
+    """Serve the local dashboard of recorded runs (read-only)."""
+    import uvicorn
+
+    from deepscope.server import check_bind, create_app, is_loopback
+
+    check_bind(host, token)
+    app_ = create_app(runs_root, token=token)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/" + (f"?token={token}" if token else "")
+    if not is_loopback(host):
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err.print(f"WARNING: serving {runs_root} on {host}, reachable from other machines; keep the token secret.")
+    _console().print(f"deepscope dashboard: {url} (Ctrl+C to stop)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def inspect(
     model: _ModelArg,
     images: _ImagesArg,
