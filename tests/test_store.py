@@ -544,3 +544,24 @@ def test_a_status_set_in_the_block_and_the_versions_survive_reopening(tmp_path):
         writer.set_status("failed")
     with RunReader(tmp_path) as reader:
         assert reader.info.status == "failed" and reader.info.versions["torch"] == "9.9"
+
+
+def test_downsampling_keeps_each_buckets_first_minimum_and_last_maximum_nan_counting_as_largest():
+    from deepscope.store import _downsample_index
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(10, 400))
+        max_points = int(rng.integers(4, n))
+        values = rng.integers(0, 4, n).astype(float)  # many ties
+        values[rng.random(n) < (0.3 if trial % 2 else 0.0)] = np.nan
+        values[rng.random(n) < 0.05] = np.inf
+        buckets = (max_points - 2) // 2
+        expected = {0, n - 1}
+        for b in range(buckets):
+            rows = [i for i in range(n - 2) if i * buckets // (n - 2) == b]
+            key = [np.inf if np.isnan(values[i + 1]) else values[i + 1] for i in rows]  # NaN above +inf...
+            rank = [(k, np.isnan(values[i + 1])) for k, i in zip(key, rows, strict=True)]  # ...and above inf itself
+            expected.add(rows[rank.index(min(rank))] + 1)
+            expected.add(rows[len(rank) - 1 - rank[::-1].index(max(rank))] + 1)
+        assert _downsample_index(values, max_points).tolist() == sorted(expected), trial
