@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,7 +134,7 @@ ATTACKS = [
     "..%2Fa",
     "group%2Fb",
     "/etc",
-    str((__import__("pathlib").Path("/")).resolve()),
+    str(Path("/").resolve()),
     "evil_dir",
     "evil_file",
     "a\x00",
