@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,11 @@ def chromium_page(chromium_browser):
     context.set_default_timeout(5_000)  # a broken page fails in seconds, not after playwright's 30 s
     yield context.new_page()
     context.close()
+
+
+@pytest.fixture(scope="session")
+def tour_root(tmp_path_factory) -> Path:
+    """The quick tour's runs (every demo, about 40 s once per session): real data for the dashboard's panels."""
+    from deepscope.demos import run_demo
+
+    return run_demo("tour", tmp_path_factory.mktemp("tour"), quick=True).out_dir

@@ -1,4 +1,4 @@
-"""The dashboard's FastAPI app: thin routes over ``deepscope.server._api``, offline static files, loopback by default.
+"""The dashboard's FastAPI app: each panel's routes under ``/api/<panel>/``, offline static files, loopback by default.
 
 Example:
     >>> app = create_app("runs")  # doctest: +SKIP
@@ -8,24 +8,19 @@ Example:
 from __future__ import annotations
 
 import hmac
+import inspect
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from deepscope.server._api import (
-    DEFAULT_POINTS,
-    MAX_POINTS,
-    NotFound,
-    SeriesCache,
-    run_ids,
-    runs_impl,
-    scalar_series_impl,
-    scalar_tags_impl,
-)
+from deepscope.server._api import NotFound, panels_impl, resolve_run, runs_impl, version_impl
+from deepscope.server.panels import Route, panels
+from deepscope.store import RunReader
 
 __all__ = ["check_bind", "create_app", "is_loopback"]
 
@@ -34,6 +29,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "style-src 'self' 'unsafe-inline'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )  # plotly.js sets inline styles on its own elements, hence 'unsafe-inline' for styles only
+MAX_QUERY_BYTES = 4096  # no route needs a longer query string; longer ones are refused (414)
 
 
 def _plotly_js() -> Path:
@@ -73,8 +69,22 @@ def _authorized(request: Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def _not_found(detail: str = "not found") -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=404)
+def _error(detail: str, status: int) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _endpoint(base: Path, route: Route) -> Callable[..., dict[str, Any]]:
+    """A FastAPI endpoint for ``route``: ``run`` plus the impl's keyword arguments as typed query parameters."""
+    params = list(inspect.signature(route.impl).parameters.values())[1:]  # after the reader
+
+    def endpoint(run: str, **query: Any) -> dict[str, Any]:
+        with RunReader(resolve_run(base, run)) as reader:
+            return {"run": run, **route.impl(reader, **query)}
+
+    run_param = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=Query(...))
+    endpoint.__signature__ = inspect.Signature([run_param, *params])  # type: ignore[attr-defined]
+    endpoint.__name__ = f"{route.impl.__module__.rsplit('.', 1)[-1]}_{route.path}"
+    return endpoint
 
 
 def create_app(root: str | os.PathLike, *, token: str | None = None) -> FastAPI:
@@ -91,26 +101,29 @@ def create_app(root: str | os.PathLike, *, token: str | None = None) -> FastAPI:
     if not base.is_dir():
         raise FileNotFoundError(f"{base} is not a folder of runs")
     base = base.resolve()
-    cache = SeriesCache()
     app = FastAPI(title="deepscope", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Response:
-        if token and request.url.path.startswith("/api") and not _authorized(request, token):
-            return JSONResponse({"detail": "missing or wrong token"}, status_code=401)
-        response = await call_next(request)
+        if len(request.url.query.encode()) > MAX_QUERY_BYTES:
+            response: Response = _error(f"query string over {MAX_QUERY_BYTES} bytes", 414)
+        elif token and request.url.path.startswith("/api") and not _authorized(request, token):
+            response = _error("missing or wrong token", 401)
+        else:
+            response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store" if request.url.path.startswith("/api") else "no-cache"
         return response
 
-    @app.exception_handler(NotFound)
-    async def _missing(request: Request, error: NotFound) -> JSONResponse:
-        return _not_found(str(error))
+    @app.exception_handler(LookupError)
+    async def _missing(request: Request, error: LookupError) -> JSONResponse:
+        return _error(str(error), 404)
 
     @app.exception_handler(ValueError)
     async def _invalid(request: Request, error: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=400)
+        return _error(str(error), 400)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -123,31 +136,30 @@ def create_app(root: str | os.PathLike, *, token: str | None = None) -> FastAPI:
     @app.get("/static/{path:path}", include_in_schema=False)
     def static(path: str) -> Response:
         if "\x00" in path:
-            return _not_found()
+            return _error("not found", 404)
         target = (STATIC / path).resolve()
         if STATIC not in target.parents or not target.is_file():
-            return _not_found()
+            return _error("not found", 404)
         return FileResponse(target)
 
     @app.get("/api/runs")
     def runs() -> dict[str, Any]:
         return runs_impl(base)
 
-    @app.get("/api/runs/{rest:path}")
-    def run_route(
-        rest: str,
-        points: int = Query(DEFAULT_POINTS, ge=4, le=MAX_POINTS),
-        start: int | None = None,
-        end: int | None = None,
-    ) -> dict[str, Any]:
-        # run ids and tags both hold "/": split where the prefix is a known run id
-        known = run_ids(base)
-        for run_id in sorted(known, key=len, reverse=True):
-            if rest == f"{run_id}/scalars":
-                return scalar_tags_impl(base, run_id)
-            if rest.startswith(f"{run_id}/scalars/"):
-                tag = rest[len(run_id) + len("/scalars/") :]
-                return scalar_series_impl(base, run_id, tag, points=points, start=start, end=end, cache=cache)
-        raise NotFound(f"no run route {rest!r}")
+    @app.get("/api/version")
+    def version(run: str) -> dict[str, Any]:
+        return version_impl(base, run)
+
+    @app.get("/api/panels")
+    def panel_list(run: str) -> dict[str, Any]:
+        return panels_impl(base, run)
+
+    for panel in panels():
+        for route in panel.routes:
+            app.add_api_route(f"/api/{panel.name}/{route.path}", _endpoint(base, route), methods=["GET"])
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown(rest: str) -> JSONResponse:
+        raise NotFound(f"no API route {rest!r}")
 
     return app
