@@ -6,9 +6,11 @@ reproducible and building them never disturbs the global RNG of other tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -146,3 +148,61 @@ def tour_root(tmp_path_factory) -> Path:
     from deepscope.demos import run_demo
 
     return run_demo("tour", tmp_path_factory.mktemp("tour"), quick=True).out_dir
+
+
+@contextlib.contextmanager
+def serve_dashboard(root: Path, **options):
+    """Run ``create_app(root, **options)`` under uvicorn on a free loopback port; yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from deepscope.server import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(root, **options), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(1000):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def tour_dashboard(tour_root):
+    """The dashboard serving the quick tour's runs: its base URL (``http://127.0.0.1:<port>``)."""
+    pytest.importorskip("fastapi")
+    with serve_dashboard(tour_root) as url:
+        yield url
+
+
+def _open_panel(page, url: str, run: str, panel: str, *, timeout: float = 10_000):
+    """Open the dashboard at ``run``'s ``panel`` tab and wait until the panel has rendered.
+
+    Returns ``(errors, requests)``: lists that keep collecting console errors and requested URLs.
+    """
+    errors, requests = [], []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{url}/#run={quote(run, safe='')}&panel={panel}")
+    page.wait_for_selector(f"body[data-panel-ready={panel}]", timeout=timeout)
+    return errors, requests
+
+
+@pytest.fixture
+def open_panel():
+    """``open_panel(page, url, run, panel) -> (console_errors, requested_urls)``: see :func:`_open_panel`."""
+    return _open_panel
