@@ -59,6 +59,7 @@ LAYERS = {
     "evaluation": 2,
     "_cue_audit": 2,
     "_evaluation_record": 2,
+    "_evaluation_cells": 2,
     "_report_evaluation": 4,
     "_evaluation_plots": 4,
     "featurevis": 2,
@@ -153,6 +154,15 @@ def test_imports_point_down(path):
 )
 def test_torch_free_modules(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dashboard_is_torch_free(tmp_path):
+    pytest.importorskip("fastapi")
+    code = (
+        "import sys; from deepscope.server import create_app; from deepscope.server.panels import panels; "
+        f"create_app({str(tmp_path)!r}); panels(); assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,5 +1,7 @@
 """deepscope.evaluate: streamed metrics against scikit-learn, the cue audit on a biased CNN, records, CLI, errors."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import build_tiny_cnn
+from deepscope import _evaluation_cells
 from deepscope._classification_metrics import most_confused
 from deepscope._evaluation_plots import shown_classes
 from deepscope.attribution.metrics import boxes_to_masks
@@ -131,22 +135,114 @@ def test_many_classes_show_the_most_confused_ones():
     assert list(shown_classes(confusion[:12, :12], pairs)) == list(range(12))  # few classes: all of them
 
 
-def test_the_model_is_left_as_it_was(shapes_cnns):
-    model, held_out = shapes_cnns["clean"]
+@contextlib.contextmanager
+def _left_as_it_was(model, frozen):
+    """Train mode and ``frozen`` (a parameter) not requiring grad for the block; then check both, grads, hooks."""
     model.train()
-    flags = [p.requires_grad for p in model.parameters()]
-    model.fc.weight.requires_grad_(False)
+    flag = frozen.requires_grad
+    frozen.requires_grad_(False)
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        evaluate(model, (held_out.images[:80], held_out.labels[:80]), masks=held_out.masks[:80], resamples=10)
+        yield
         assert model.training and all(m.training for m in model.modules())
-        assert not model.fc.weight.requires_grad
+        assert not frozen.requires_grad
         after = [p.grad for p in model.parameters()]
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, after, strict=True))
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
         assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
     finally:
-        model.fc.weight.requires_grad_(flags[-2])
+        frozen.requires_grad_(flag)
         model.eval()
+
+
+def test_the_model_is_left_as_it_was(shapes_cnns):
+    model, held_out = shapes_cnns["clean"]
+    with _left_as_it_was(model, model.fc.weight):
+        result = evaluate(model, (held_out.images[:80], held_out.labels[:80]), masks=held_out.masks[:80], resamples=10)
+    assert result.cells.inputs is not None and len(result.cells.indices) > 0  # the cells' inputs were fetched too
+
+
+def _logits_model(classes=3):
+    """A linear layer with identity weights: the inputs are the logits, exactly."""
+    model = nn.Linear(classes, classes)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(classes))
+        model.bias.zero_()
+    return model
+
+
+def _expected_cells(logits, labels, k):
+    """Per (true, pred) cell, the positions of its ``k`` highest-loss examples (ties: earlier first), by numpy."""
+    z = logits.double().numpy()
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = labels.numpy()
+    loss, preds = -np.log(p[np.arange(len(y)), y]), p.argmax(1)
+    cells = {}
+    for t in range(z.shape[1]):
+        for q in range(z.shape[1]):
+            members = np.flatnonzero((y == t) & (preds == q))
+            if len(members):
+                cells[(t, q)] = members[np.lexsort((members, -loss[members]))][:k]
+    return cells, loss, preds
+
+
+def _kept_by_cell(cells):
+    return {
+        (int(t), int(q)): cells.indices[(cells.labels == t) & (cells.preds == q)]
+        for t, q in sorted(set(zip(cells.labels.tolist(), cells.preds.tolist(), strict=True)))
+    }
+
+
+def test_each_cell_keeps_its_highest_loss_examples_online(generator):
+    x = 2 * torch.randn(300, 3, generator=generator)
+    y = torch.randint(0, 3, (300,), generator=generator)
+    model = _logits_model()
+    with _left_as_it_was(model, model.weight):
+        result = evaluate(model, (x, y), batch_size=64, cell_examples=4, resamples=10)  # five batches
+    expected, loss, preds = _expected_cells(x, y, 4)
+    assert np.array_equal(result.metrics.confusion, confusion_matrix(y, preds, labels=[0, 1, 2]))
+    c = result.cells
+    kept = _kept_by_cell(c)
+    assert kept.keys() == expected.keys() and all(np.array_equal(kept[k], v) for k, v in expected.items())
+    cells = c.labels * 3 + c.preds
+    assert np.all(np.diff(cells) >= 0)  # grouped by cell, highest loss first inside each
+    assert np.allclose(c.losses, loss[c.indices], rtol=1e-5)
+    assert np.array_equal(c.labels, y.numpy()[c.indices]) and np.array_equal(c.preds, preds[c.indices])
+    probs = torch.softmax(x, 1).numpy()
+    assert np.allclose(c.true_probability, probs[c.indices, c.labels], rtol=1e-5)
+    assert np.allclose(c.pred_probability, probs[c.indices, c.preds], rtol=1e-5)
+    assert c.per_cell == 4 and len(c.indices) == c.wanted == sum(len(v) for v in expected.values())
+    assert not c.capped and c.cap == 2000
+    assert c.inputs is None and "not images ((3,) per example): positions and numbers only" in c.note  # tabular
+    one = evaluate(model, (x, y), batch_size=300, cell_examples=4, resamples=10).cells  # one batch: the same
+    assert np.array_equal(one.indices, c.indices)
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=50, shuffle=True)  # cannot be fetched: numbers only
+    assert "cannot be fetched by position" in evaluate(model, shuffled, gallery=0, resamples=10).cells.note
+    assert evaluate(model, (x, y), cell_examples=0, resamples=10).cells is None
+    assert result.params["cell_examples"] == 4
+
+
+def test_the_kept_examples_are_capped_every_cell_in_turn(generator, monkeypatch):
+    x = torch.randn(4000, 8, generator=generator)  # 64 cells of about 60 examples, 40 wanted of each
+    y = torch.randint(0, 8, (4000,), generator=generator)
+    c = evaluate(_logits_model(8), (x, y), batch_size=500, cell_examples=40, gallery=0, resamples=10).cells
+    expected, _, _ = _expected_cells(x, y, 40)
+    assert c.wanted == sum(len(v) for v in expected.values()) > 2000
+    assert len(c.indices) == c.cap == _evaluation_cells.MAX_EXAMPLES == 2000 and c.capped
+    kept = _kept_by_cell(c)
+    assert all(np.array_equal(v, expected[k][: len(v)]) for k, v in kept.items())  # each the worst of its cell
+    sizes = {k: len(v) for k, v in kept.items()}
+    assert len(sizes) == 64 and max(sizes.values()) - min(sizes.values()) <= 1  # round by round: 31 or 32 each
+    fuller = [k for k, n in sizes.items() if n == max(sizes.values())]
+    assert all(t != q for t, q in fuller)  # the last round's examples went to errors, not to correct ones
+    monkeypatch.setattr(_evaluation_cells, "MAX_INPUT_BYTES", 10 * 4 * 3 * 8 * 8)  # ten images' worth
+    images = torch.rand(60, 3, 8, 8, generator=generator)
+    labels = torch.randint(0, 10, (60,), generator=generator)
+    small = evaluate(build_tiny_cnn(), (images, labels), cell_examples=3, gallery=0, resamples=10).cells
+    assert small.cap == len(small.indices) == 10 < small.wanted and small.capped
+    assert np.array_equal(small.inputs, images[small.indices].numpy())  # the inputs as the gallery fetches them
 
 
 def test_an_evaluation_is_recorded_and_reported_with_escaped_names(tmp_path, shapes_cnns):
@@ -163,6 +259,16 @@ def test_an_evaluation_is_recorded_and_reported_with_escaped_names(tmp_path, sha
         assert meta["evaluation/summary"]["accuracy"] == pytest.approx(result.metrics.accuracy.value)
         assert meta["evaluation/audit"]["flagged"] == result.audit.flagged
         assert np.array_equal(reader.tensor("evaluation/confusion", 0), result.metrics.confusion)
+        # the audited positions and their predictions: the dashboard places the audit's examples in their cells
+        assert np.array_equal(reader.tensor("evaluation/audit/indices", 0), result.audit.indices)
+        assert np.array_equal(reader.tensor("evaluation/audit/preds", 0), result.audit.preds)
+        cells, kept = meta["evaluation/cells"], result.cells  # each cell's highest-loss examples, inputs as float16
+        assert cells["indices"] == kept.indices.tolist() == reader.tensor("evaluation/cells/indices", 0).tolist()
+        assert cells["labels"] == kept.labels.tolist() and cells["preds"] == kept.preds.tolist()
+        assert cells["per_cell"] == 6 and cells["kept"] == len(kept.indices) == cells["wanted"] and cells["inputs"]
+        inputs = reader.tensor("evaluation/cells/inputs", 0)
+        assert inputs.dtype == np.float16 and inputs.shape == (len(kept.indices), 3, 64, 64)
+        assert np.allclose(inputs, test.images[kept.indices].numpy(), atol=1e-3)
     page = build_report(tmp_path).read_text(encoding="utf-8")
     for title in ("Evaluation (biased)", "Errors (biased)", "Groups (biased)", "Spurious cues (biased)"):
         assert title in page
@@ -179,6 +285,9 @@ def test_an_evaluation_is_recorded_and_reported_with_escaped_names(tmp_path, sha
         ({"class_names": ["a", "b"]}, "2 class names for a model with 3 outputs"),
         ({"gallery": -1}, "gallery must be >= 0"),
         ({"order": "random"}, "order must be 'loss' or 'confidence'"),
+        ({"cell_examples": -1}, r"cell_examples must be an integer >= 0 \(examples kept per confusion cell\), got -1"),
+        ({"cell_examples": 2.5}, "cell_examples must be an integer >= 0"),
+        ({"cell_examples": True}, "cell_examples must be an integer >= 0"),
     ],
 )
 def test_bad_inputs_are_explained(generator, kwargs, message):

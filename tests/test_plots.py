@@ -319,3 +319,15 @@ def test_health_heatmaps_mark_infinite_values_and_gradient_flow(tmp_path):
         plots.health_heatmaps(steps, [plots.HealthPanel("x", ["a"], np.zeros((1, 2)))], tmp_path / "bad.png", title="")
     flow = plots.gradient_flow([("run", ["conv1", "fc"], steps, np.abs(values[:, :3]) + 1e-6)], tmp_path / "flow.png")
     assert Image.open(flow).size[0] > 400
+
+
+def test_health_heatmap_log_scale_is_not_stretched_by_a_zero(tmp_path, monkeypatch):
+    """A zero gradient sits at the bottom of the colour scale: the smallest measured value, not log10(1e-308)."""
+    from matplotlib.axes import Axes
+
+    limits = []
+    imshow = Axes.imshow
+    monkeypatch.setattr(Axes, "imshow", lambda ax, *a, **k: limits.append((k["vmin"], k["vmax"])) or imshow(ax, *a, **k))
+    values = np.array([[1e-3, 0.0, 1e-1]])
+    plots.health_heatmaps(np.arange(3), [plots.HealthPanel("g", ["fc"], values, log=True)], tmp_path / "h.png", title="")
+    assert limits == [(pytest.approx(-3.0), pytest.approx(-1.0))]

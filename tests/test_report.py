@@ -68,3 +68,10 @@ def test_runs_of_different_lengths_and_more_runs_than_panels(tmp_path):
     frames = iio.imread(tmp_path / "figures" / "repr_fc_1__class.gif", index=None)
     assert frames.shape[0] == 5  # the longest shown run (run 3) has 5 snapshots; shorter runs hold their last
     assert page.count("<tr>") == 3 * (1 + 5)  # overview, reproducibility and provenance: a header and every run
+
+
+def test_table_cells_keep_tiny_values_readable():
+    from deepscope._format import cell
+
+    assert cell(0.1234) == "0.123" and cell(7.8e-07) == "7.80e-07" and cell(-2e-4) == "-2.00e-04"
+    assert cell(0.0) == "0.000" and cell(float("nan")) == "n/a" and cell(None) == "—" and cell(3) == "3"

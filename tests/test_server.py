@@ -13,18 +13,13 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from deepscope.cli import main
+from deepscope.errors import UnknownNameError
 from deepscope.server import check_bind, create_app, is_loopback
-from deepscope.server._api import (
-    NotFound,
-    SeriesCache,
-    resolve_run,
-    run_ids,
-    runs_impl,
-    scalar_series_impl,
-    scalar_tags_impl,
-)
+from deepscope.server._api import NotFound, panels_impl, resolve_run, run_ids, runs_impl, version_impl
 from deepscope.server._downsample import minmax_indices
-from deepscope.store import RunWriter
+from deepscope.server.panels import PANEL_MODULES, panels
+from deepscope.server.panels.scalars import series_impl, tags_impl
+from deepscope.store import RunReader, RunWriter
 
 SCRIPT_NAME = "alpha <script>alert(1)</script>"
 IMG_NAME = '<img src=x onerror="window.__xss=1">'
@@ -158,60 +153,102 @@ def test_runs_impl(root):
     assert runs["a"]["status"] == "finished" and runs["a"]["created"] > 0
 
 
-def test_scalar_tags_impl(root):
-    assert scalar_tags_impl(root, "group/b") == {"run": "group/b", "tags": ["eval/acc", "train/loss", "train/lr"]}
-    with pytest.raises(NotFound):
-        scalar_tags_impl(root, "../outside")
+def _series(root, run_id, tag, **query):
+    with RunReader(resolve_run(root, run_id)) as reader:
+        return series_impl(reader, tag=tag, **query)
+
+
+def test_tags_impl(root):
+    with RunReader(resolve_run(root, "group/b")) as reader:
+        assert tags_impl(reader) == {"tags": ["eval/acc", "train/loss", "train/lr"]}
 
 
 def test_series_short_is_exact(root):
-    answer = scalar_series_impl(root, "a", "train/loss")
+    answer = _series(root, "a", "train/loss")
     assert answer["steps"] == list(range(100)) and answer["total"] == 100 and not answer["downsampled"]
     assert answer["values"] == pytest.approx([1.0 / (s + 1) for s in range(100)])
-    ranged = scalar_series_impl(root, "a", "train/loss", start=10, end=19)
+    ranged = _series(root, "a", "train/loss", start=10, end=19)
     assert ranged["steps"] == list(range(10, 20)) and ranged["total"] == 10
-    assert scalar_series_impl(root, "a", "train/lr")["values"] == [None]  # NaN is not JSON
+    assert _series(root, "a", "train/lr")["values"] == [None]  # NaN is not JSON
 
 
 def test_series_errors(root):
-    with pytest.raises(NotFound, match="train/los"):
-        scalar_series_impl(root, "a", "train/los")
+    with pytest.raises(UnknownNameError, match="train/loss"):
+        _series(root, "a", "train/los")
     with pytest.raises(ValueError, match="points"):
-        scalar_series_impl(root, "a", "train/loss", points=3)
+        _series(root, "a", "train/loss", points=3)
     with pytest.raises(ValueError, match="after"):
-        scalar_series_impl(root, "a", "train/loss", start=5, end=4)
+        _series(root, "a", "train/loss", start=5, end=4)
 
 
-def test_million_points_downsampled_fast(root, big_values):
-    cache = SeriesCache()
+def test_million_points_bucketed_in_sqlite(root, big_values):
     t0 = time.perf_counter()
-    cold = scalar_series_impl(root, "big", "train/loss", points=2000, cache=cache)
-    t1 = time.perf_counter()
-    warm = scalar_series_impl(root, "big", "train/loss", points=2000, cache=cache)
-    t2 = time.perf_counter()
-    keep = minmax_indices(big_values, 2000)
-    t3 = time.perf_counter()
-    print(f"\n1 M points: first view {t1 - t0:.3f} s (store read), cached view {t2 - t1:.3f} s, "
-          f"downsampling alone {t3 - t2:.3f} s -> {len(warm['steps'])} points")  # fmt: skip
-    assert warm == cold
-    assert len(warm["steps"]) <= 2000 * 2 and len(warm["steps"]) == len(warm["values"])
-    assert warm["total"] == BIG and warm["downsampled"]
-    assert max(warm["values"]) == 50.0 and min(warm["values"]) == -60.0  # the true min and max
-    assert 123_457 in warm["steps"] and 876_543 in warm["steps"]
-    assert warm["steps"][0] == 0 and warm["steps"][-1] == BIG - 1
-    assert t2 - t1 < 0.75 and t3 - t2 < 0.75  # well under 1 s on 2 noisy cores (measured ~0.3 s)
-    assert len(keep) <= 2000
-    zoom = scalar_series_impl(root, "big", "train/loss", start=500_000, end=500_999, cache=cache)
+    answer = _series(root, "big", "train/loss", points=2000)
+    elapsed = time.perf_counter() - t0
+    print(f"\n1 M points: first view {elapsed:.3f} s -> {len(answer['steps'])} points")
+    assert len(answer["steps"]) <= 2000 and len(answer["steps"]) == len(answer["values"])
+    assert answer["total"] == BIG and answer["downsampled"]
+    assert max(answer["values"]) == 50.0 and min(answer["values"]) == -60.0  # the true min and max
+    assert 123_457 in answer["steps"] and 876_543 in answer["steps"]
+    assert answer["steps"][0] == 0 and answer["steps"][-1] == BIG - 1
+    assert answer["steps"] == sorted(set(answer["steps"]))
+    # every bucket's extremes: the same points the in-memory algorithm keeps for equal-width step buckets
+    edges = np.linspace(0, BIG, (2000 - 2) // 2 + 1).astype(int)
+    for a, b in zip(edges[:-1:97], edges[1::97], strict=True):
+        chunk = big_values[a:b]
+        assert a + int(np.argmin(chunk)) in answer["steps"] and a + int(np.argmax(chunk)) in answer["steps"]
+    zoom = _series(root, "big", "train/loss", start=500_000, end=500_999)
     assert zoom["steps"] == list(range(500_000, 501_000)) and not zoom["downsampled"]  # full resolution
     assert zoom["values"] == big_values[500_000:501_000].tolist()
 
 
-def test_cache_rereads_a_changed_run(tmp_path):
+def test_bucketing_keeps_non_finite_points(tmp_path):
+    values = np.linspace(0.0, 1.0, 5000)
+    values[1234], values[3000], values[4000] = np.nan, np.inf, -np.inf
+    with RunWriter(tmp_path / "nan", name="nan") as writer:
+        writer.add_scalar("x", 0, 0.0)
+    _bulk_series(tmp_path / "nan", "y", [None if np.isnan(v) else v for v in values])
+    with RunReader(tmp_path / "nan") as reader:
+        series, total = reader.scalar_window("y", max_points=100)
+    assert total == 5000 and len(series) <= 100
+    kept = dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
+    assert np.isnan(kept[1234]) and kept[3000] == np.inf and kept[4000] == -np.inf
+    assert _series(tmp_path, "nan", "y", points=100)["values"].count(None) == 3
+
+
+def test_sparse_steps_and_repeated_steps(tmp_path):
+    with RunWriter(tmp_path / "sparse", name="sparse") as writer:
+        for step in (0, 1, 2, 10_000, 10_001, 99_999):
+            writer.add_scalar("s", step, float(step))
+        writer.add_scalar("s", 2, -1.0)  # the same step twice: both kept
+    with RunReader(tmp_path / "sparse") as reader:
+        whole, total = reader.scalar_window("s", max_points=100)
+        assert total == 7 and whole.steps.tolist() == [0, 1, 2, 2, 10_000, 10_001, 99_999]
+        bucketed, total = reader.scalar_window("s", max_points=4)
+        assert total == 7 and set(bucketed.steps.tolist()) >= {0, 99_999} and -1.0 in bucketed.values
+        with pytest.raises(UnknownNameError):
+            reader.scalar_window("nope")
+
+
+def test_live_run_version_changes(tmp_path):
     _write_run(tmp_path / "live", "live", n=10)
-    cache = SeriesCache()
-    assert scalar_series_impl(tmp_path, "live", "train/loss", cache=cache)["total"] == 10
+    before = version_impl(tmp_path, "live")
+    assert before["status"] == "finished"
     _bulk_series(tmp_path / "live", "train/loss", [0.1] * 5)
-    assert scalar_series_impl(tmp_path, "live", "train/loss", cache=cache)["total"] == 15
+    after = version_impl(tmp_path, "live")
+    assert after["version"] != before["version"]
+    assert _series(tmp_path, "live", "train/loss")["total"] == 15
+    with pytest.raises(NotFound):
+        version_impl(tmp_path, "../live")
+
+
+def test_panel_registry_and_availability(root):
+    assert [panel.name for panel in panels()] == list(PANEL_MODULES)
+    assert len({route.path for panel in panels() for route in panel.routes if panel.name == "scalars"}) == 2
+    shown = panels_impl(root, "a")["panels"]
+    assert shown[0] == {"name": "scalars", "title": "Scalars", "compare": True}
+    with pytest.raises(NotFound):
+        panels_impl(root, "evil_dir")
 
 
 # ---------------------------------------------------------------------------------------- routes
@@ -223,30 +260,50 @@ def test_page_and_static(client):
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-eval" not in csp and "script-src 'self' 'unsafe-inline'" not in csp
     assert 'type="module"' in page.text and "http" not in page.text.replace("http-equiv", "")  # no CDN
-    assert "textContent" in client.get("/static/app.js").text
+    assert "textContent" in client.get("/static/ui.js").text
+    for panel in PANEL_MODULES:  # every registered panel has its front-end module
+        script = client.get(f"/static/panels/{panel}.js")
+        assert script.status_code == 200 and "export async function render" in script.text, panel
+        assert "innerHTML" not in script.text and "insertAdjacentHTML" not in script.text, panel
     assert client.get("/static/style.css").status_code == 200
-    plotly = client.get("/static/plotly.min.js")
+    plotly = client.get("/static/vendor/plotly-cartesian.min.js")
     assert plotly.status_code == 200 and len(plotly.content) > 1_000_000 and b"plotly" in plotly.content[:2000]
 
 
 def test_api_routes(client):
     runs = client.get("/api/runs").json()["runs"]
     assert [run["id"] for run in runs] == ["a", "big", "group/b"]
-    assert client.get("/api/runs/group/b/scalars").json()["tags"] == ["eval/acc", "train/loss", "train/lr"]
-    series = client.get("/api/runs/group/b/scalars/train/loss", params={"points": 10}).json()
+    assert client.get("/api/scalars/tags", params={"run": "group/b"}).json() == {
+        "run": "group/b",
+        "tags": ["eval/acc", "train/loss", "train/lr"],
+    }
+    series = client.get("/api/scalars/series", params={"run": "group/b", "tag": "train/loss", "points": 10}).json()
     assert series["total"] == 100 and series["downsampled"] and len(series["steps"]) <= 10
-    ranged = client.get("/api/runs/a/scalars/train%2Floss", params={"start": 90, "end": 200}).json()
-    assert ranged["steps"] == list(range(90, 100))
-    big = client.get("/api/runs/big/scalars/train/loss").json()
-    assert len(big["steps"]) <= 4000 and max(big["values"]) == 50.0 and min(big["values"]) == -60.0
-    assert client.get("/api/runs/a/scalars/nope").status_code == 404
-    assert client.get("/api/runs/a/other").status_code == 404
-    assert client.get("/api/runs/a/scalars/train/loss", params={"points": 1}).status_code == 422
-    assert client.get("/api/runs/a/scalars/train/loss", params={"start": 9, "end": 1}).status_code == 400
+    ranged = client.get("/api/scalars/series", params={"run": "a", "tag": "train/loss", "start": 90, "end": 200})
+    assert ranged.json()["steps"] == list(range(90, 100))
+    big = client.get("/api/scalars/series", params={"run": "big", "tag": "train/loss"}).json()
+    assert len(big["steps"]) <= 2000 and max(big["values"]) == 50.0 and min(big["values"]) == -60.0
+    missing = client.get("/api/scalars/series", params={"run": "a", "tag": "train/los"})
+    assert missing.status_code == 404 and "train/loss" in missing.json()["detail"]  # close matches listed
+    assert client.get("/api/scalars/series", params={"run": "a"}).status_code == 422  # no tag
+    assert client.get("/api/scalars/series", params={"run": "a", "tag": "x", "points": 1}).status_code == 400
+    backwards = {"run": "a", "tag": "train/loss", "start": 9, "end": 1}
+    assert client.get("/api/scalars/series", params=backwards).status_code == 400
+    assert client.get("/api/scalars/series", params={"run": "a", "tag": "t", "start": "x"}).status_code == 422
+    assert client.get("/api/panels", params={"run": "a"}).json()["panels"][0]["name"] == "scalars"
+    assert client.get("/api/version", params={"run": "a"}).json()["status"] == "finished"
+    assert client.get("/api/nope").status_code == 404
+    assert client.post("/api/scalars/series", params={"run": "a", "tag": "train/loss"}).status_code in (404, 405)
+    assert client.delete("/api/runs").status_code in (404, 405)  # read-only
+
+
+def test_oversize_query_is_refused(client):
+    response = client.get("/api/scalars/series", params={"run": "a", "tag": "x" * 5000})
+    assert response.status_code == 414
 
 
 def test_no_cors(client):
-    for path in ("/", "/api/runs", "/api/runs/a/scalars"):
+    for path in ("/", "/api/runs", "/api/scalars/tags?run=a"):
         response = client.get(path, headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in response.headers
     preflight = client.options(
@@ -256,20 +313,24 @@ def test_no_cors(client):
 
 
 ROUTE_ATTACKS = [
-    "/api/runs/../a/scalars",
-    "/api/runs/%2e%2e/a/scalars",
-    "/api/runs/%2e%2e%2f%2e%2e%2fetc/scalars",
-    "/api/runs/..%2F..%2Foutside/scalars",
-    "/api/runs//etc/scalars",
-    "/api/runs/%2Fetc/scalars",
-    "/api/runs/evil_dir/scalars",
-    "/api/runs/evil_dir/scalars/train/loss",
-    "/api/runs/evil_file/scalars",
-    "/api/runs/a%00/scalars",
-    "/api/runs/a%252e%252e/scalars",
+    "/api/scalars/tags?run=../a",
+    "/api/scalars/tags?run=%2e%2e/a",
+    "/api/scalars/tags?run=%2e%2e%2f%2e%2e%2fetc",
+    "/api/scalars/tags?run=..%2F..%2Foutside",
+    "/api/scalars/tags?run=/etc",
+    "/api/scalars/tags?run=%2Fetc",
+    "/api/scalars/tags?run=evil_dir",
+    "/api/scalars/series?run=evil_dir&tag=train/loss",
+    "/api/scalars/tags?run=evil_file",
+    "/api/scalars/tags?run=a%00",
+    "/api/scalars/tags?run=a%252e%252e",
+    "/api/panels?run=../outside/run",
+    "/api/version?run=evil_dir",
     "/static/../app.py",
     "/static/%2e%2e/app.py",
     "/static/..%2F_api.py",
+    "/static/panels/../../app.py",
+    "/static/panels/%2e%2e%2f%2e%2e%2fapp.py",
     "/static//etc/passwd",
     "/static/%2Fetc%2Fpasswd",
     "/static/../../../../secret_link.txt",
@@ -309,7 +370,7 @@ def test_token_guards_the_api(root):
     client = TestClient(create_app(root, token="s3cret"))
     assert client.get("/api/runs").status_code == 401
     assert client.get("/api/runs", params={"token": "wrong"}).status_code == 401
-    assert client.get("/api/runs/a/scalars/train/loss").status_code == 401
+    assert client.get("/api/scalars/series", params={"run": "a", "tag": "train/loss"}).status_code == 401
     assert client.get("/api/runs", params={"token": "s3cret"}).status_code == 200
     assert client.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401

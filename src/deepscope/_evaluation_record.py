@@ -48,6 +48,8 @@ def record_evaluation(result: Any, run_dir: Path, *, name: str, overwrite: bool)
         if result.groups is not None:
             w.set_meta(f"{_P}/groups", _groups(result.groups))
         _gallery(w, result.gallery)
+        if getattr(result, "cells", None) is not None:
+            _cells(w, result.cells)
         if result.embedding is not None:
             e = result.embedding
             w.set_meta(f"{_P}/embedding", {"layer": e.layer, "projection": e.projection})
@@ -79,6 +81,21 @@ def _gallery(w: RunWriter, g: Any) -> None:
             w.add_tensor(f"{_P}/gallery/maps", 0, g.maps.astype(np.float16))
 
 
+def _cells(w: RunWriter, c: Any) -> None:
+    """Each confusion cell's highest-loss examples: numbers in the meta, positions and image inputs as tensors."""
+    w.set_meta(
+        f"{_P}/cells",
+        json_safe({"order": "loss", "per_cell": c.per_cell, "kept": len(c.indices), "wanted": c.wanted, "cap": c.cap,
+               "capped": c.capped, "inputs": c.inputs is not None, "note": c.note, "indices": c.indices,
+               "labels": c.labels, "preds": c.preds, "true_probability": c.true_probability,
+               "pred_probability": c.pred_probability, "losses": c.losses}),
+    )  # fmt: skip
+    if len(c.indices):
+        w.add_tensor(f"{_P}/cells/indices", 0, np.asarray(c.indices, np.int64))
+        if c.inputs is not None:
+            w.add_tensor(f"{_P}/cells/inputs", 0, c.inputs.astype(np.float16))  # as the gallery's
+
+
 def _audit(w: RunWriter, a: Any) -> None:
     w.set_meta(
         f"{_P}/audit",
@@ -90,6 +107,8 @@ def _audit(w: RunWriter, a: Any) -> None:
     )  # fmt: skip
     w.add_tensor(f"{_P}/audit/inside", 0, a.inside.astype(np.float32))
     w.add_tensor(f"{_P}/audit/labels", 0, a.labels.astype(np.int64))
+    w.add_tensor(f"{_P}/audit/indices", 0, np.asarray(a.indices, np.int64))  # positions in the data, and the
+    w.add_tensor(f"{_P}/audit/preds", 0, np.asarray(a.preds, np.int64))  # predictions: the dashboard's cells
     if len(a.example_inputs):
         w.add_tensor(f"{_P}/audit/example_inputs", 0, a.example_inputs.astype(np.float16))
         w.add_tensor(f"{_P}/audit/example_maps", 0, a.example_maps.astype(np.float16))

@@ -8,7 +8,12 @@ __all__ = ["cell"]
 
 
 def cell(value: object) -> str:
-    """Floats to 3 decimals (``n/a`` for NaN: no score for that sample), ``—`` for a missing value."""
+    """Floats to 3 decimals, or 3 significant digits below 0.001 so evidence like 7.8e-07 never reads 0.000.
+
+    ``n/a`` for NaN (no score for that sample), ``—`` for a missing value.
+    """
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.3f}"
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
     return "—" if value is None else str(value)

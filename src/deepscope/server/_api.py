@@ -114,7 +114,8 @@ def version_impl(root: str | os.PathLike, run_id: str) -> dict[str, Any]:
     folder = resolve_run(root, run_id)
     with RunReader(folder) as reader:
         status = reader.info.status
-    return {"run": run_id, "version": "-".join("0.0" if part is None else f"{part[0]}.{part[1]}" for part in signature(folder)), "status": status}
+    version = "-".join("0.0" if part is None else f"{part[0]}.{part[1]}" for part in signature(folder))
+    return {"run": run_id, "version": version, "status": status}
 
 
 def panels_impl(root: str | os.PathLike, run_id: str) -> dict[str, Any]:

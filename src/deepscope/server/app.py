@@ -32,12 +32,6 @@ CSP = (
 MAX_QUERY_BYTES = 4096  # no route needs a longer query string; longer ones are refused (414)
 
 
-def _plotly_js() -> Path:
-    import plotly
-
-    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
-
-
 def is_loopback(host: str) -> bool:
     """Whether ``host`` only accepts connections from this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
     if host == "localhost":
@@ -119,7 +113,8 @@ def create_app(root: str | os.PathLike, *, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(LookupError)
     async def _missing(request: Request, error: LookupError) -> JSONResponse:
-        return _error(str(error), 404)
+        plain = type(error) is KeyError and len(error.args) == 1  # str(KeyError) adds quotes around its message
+        return _error(str(error.args[0]) if plain else str(error), 404)
 
     @app.exception_handler(ValueError)
     async def _invalid(request: Request, error: ValueError) -> JSONResponse:
@@ -128,10 +123,6 @@ def create_app(root: str | os.PathLike, *, token: str | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @app.get("/static/plotly.min.js", include_in_schema=False)
-    def plotly_js() -> FileResponse:
-        return FileResponse(_plotly_js(), media_type="text/javascript")
 
     @app.get("/static/{path:path}", include_in_schema=False)
     def static(path: str) -> Response:

@@ -1,6 +1,6 @@
 // deepscope dashboard shell: the runs list, the focused run's panel tabs, the URL hash, live updates.
 // Each tab is an ES module static/panels/<name>.js exporting render(container, ctx) -> {refresh?, destroy?}.
-import { COLORS, api, el } from "./ui.js";
+import { COLORS, api, el, loadPlotly } from "./ui.js";
 
 const POLL_MS = 2000;
 const state = {
@@ -92,10 +92,10 @@ function fail(error) {
   console.warn(error);
 }
 
-async function focus(id) {
+async function focus(id, panelsAnswer = null) {
   state.focus = id;
   state.selected.add(id);
-  const answer = await api("panels", { run: id });
+  const answer = (panelsAnswer && (await panelsAnswer)) ?? (await api("panels", { run: id }));
   if (state.focus !== id) return;
   state.panels = answer.panels;
   if (!state.panels.some((p) => p.name === state.panel)) state.panel = state.panels[0]?.name ?? null;
@@ -131,12 +131,15 @@ async function openPanel() {
     remember: (key, value) => (value === undefined ? memory.get(key) ?? null : memory.set(key, value)),
   };
   setStatus(`${nameOf(state.focus)} · ${panel.title}`);
-  const view = await module.render(container, ctx);
+  // a panel's prefetch sends its first requests before plotly.js runs (the first paint's largest cost)
+  const early = module.prefetch ? await module.prefetch(ctx).catch(() => null) : null;
+  await loadPlotly();
+  const view = await module.render(container, ctx, early);
   if (seq !== state.seq) {
     view?.destroy?.();
     return;
   }
-  state.view = view ?? null;
+  state.view = { ...(view ?? {}), panel: panel.name };
   document.body.dataset.panelReady = panel.name;
 }
 
@@ -164,17 +167,32 @@ async function refreshRuns() {
   if (state.runs.map((run) => `${run.id}:${run.status}`).join("|") !== known) renderRuns();
 }
 
-async function main() {
-  await refreshRuns();
+// A link changed the hash (e.g. a finding's "see the curves"): open what it names, unless it is already open.
+async function followHash() {
   const wanted = readHash();
+  if (!state.runs.some((run) => run.id === wanted.run)) return;
+  for (const id of wanted.compare) if (state.runs.some((run) => run.id === id)) state.selected.add(id);
+  if (wanted.panel) state.panel = wanted.panel;
+  if (wanted.run !== state.focus) await focus(wanted.run);
+  else if (wanted.panel !== state.view?.panel) await openPanel();
+}
+
+async function main() {
+  const wanted = readHash();
+  // the hash's run and panel are fetched at once, alongside the runs list (one round trip, not three)
+  const earlyPanels = wanted.run ? api("panels", { run: wanted.run }).catch(() => null) : null;
+  if (wanted.panel && /^[a-z]+$/.test(wanted.panel)) import(`./panels/${wanted.panel}.js`).catch(() => {});
+  await refreshRuns();
   const ids = new Set(state.runs.map((run) => run.id));
   for (const id of wanted.compare) if (ids.has(id)) state.selected.add(id);
   state.panel = wanted.panel;
   const first = ids.has(wanted.run) ? wanted.run : state.runs[0]?.id;
   setStatus(`${state.runs.length} run${state.runs.length === 1 ? "" : "s"}`);
-  if (first) await focus(first);
+  if (first) await focus(first, first === wanted.run ? earlyPanels : null);
   else renderRuns();
+  await poll(); // the versions the page was drawn from: any later commit is a change
   document.body.dataset.ready = "true";
+  window.addEventListener("hashchange", () => followHash().catch(fail)); // links between panels
   let ticks = 0;
   setInterval(() => {
     ticks += 1;
