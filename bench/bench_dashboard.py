@@ -7,9 +7,9 @@ store (10 M ``add_scalar`` calls would dominate the benchmark); the health table
 its own process, so its peak RSS (``VmHWM``) is the server's alone.
 
 "First paint" is measured in the page: from navigation start to the moment the panel has drawn its
-data (the scalar chart holds its points; the health heat map is drawn, the rest of the panel may follow), in fresh browser contexts (no
-HTTP or compiled-code cache), each against a freshly started server (nothing cached in it), then
-against one warm server.
+data (the scalar chart holds its points; the health heat map is drawn, the rest of the panel may
+follow), in fresh browser contexts (no HTTP or compiled-code cache), each against a freshly started
+server (nothing cached in it), then against one warm server.
 
 Run: python bench/bench_dashboard.py [--loads 5]
 """

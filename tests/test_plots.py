@@ -327,7 +327,11 @@ def test_health_heatmap_log_scale_is_not_stretched_by_a_zero(tmp_path, monkeypat
 
     limits = []
     imshow = Axes.imshow
-    monkeypatch.setattr(Axes, "imshow", lambda ax, *a, **k: limits.append((k["vmin"], k["vmax"])) or imshow(ax, *a, **k))
+    monkeypatch.setattr(
+        Axes, "imshow", lambda ax, *a, **k: limits.append((k["vmin"], k["vmax"])) or imshow(ax, *a, **k)
+    )
     values = np.array([[1e-3, 0.0, 1e-1]])
-    plots.health_heatmaps(np.arange(3), [plots.HealthPanel("g", ["fc"], values, log=True)], tmp_path / "h.png", title="")
+    plots.health_heatmaps(
+        np.arange(3), [plots.HealthPanel("g", ["fc"], values, log=True)], tmp_path / "h.png", title=""
+    )
     assert limits == [(pytest.approx(-3.0), pytest.approx(-1.0))]
