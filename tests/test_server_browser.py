@@ -128,3 +128,25 @@ def test_dashboard_with_token(tmp_path, root, chromium_page):
         page.goto(url + "/?token=wrong")
         page.wait_for_selector("#status.error")
         assert "401" in page.locator("#status").text_content()
+
+
+def test_runs_are_grouped_by_folder_and_filtered(tmp_path, chromium_page):
+    for folder, name in (("exp <b>1</b>/a", "alpha"), ("exp <b>1</b>/b", "beta"), ("other/c", "gamma")):
+        with RunWriter(tmp_path / folder, name=name) as writer:
+            writer.add_scalar("train/loss", 0, 1.0)
+    page = chromium_page
+    errors, _ = _watch(page)
+    with serve_dashboard(tmp_path) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-panel-ready=scalars]")
+        assert page.locator("#runs li.group").all_text_contents() == ["exp <b>1</b>", "other"]  # as text
+        assert page.locator("#runs .name").all_text_contents() == ["alpha", "beta", "gamma"]
+        page.fill("#run-filter", "GAM")
+        assert page.locator("#runs .name").all_text_contents() == ["alpha", "gamma"]  # the open run stays
+        assert page.locator("#runs li.muted").text_content() == "1 run hidden by the filter"
+        page.fill("#run-filter", "other c")  # every word must match
+        assert page.locator("#runs .name").all_text_contents() == ["alpha", "gamma"]
+        page.fill("#run-filter", "")
+        assert page.locator("#runs .name").count() == 3
+        assert page.locator("#runs b").count() == 0
+    assert not errors, errors

@@ -13,6 +13,7 @@ const state = {
   versions: new Map(),
   memory: new Map(), // per-panel choices kept across runs (e.g. the scalar tag)
   seq: 0,
+  filter: "", // lower-case words a shown run's name or id must contain
 };
 const $ = (id) => document.getElementById(id);
 
@@ -37,10 +38,26 @@ function writeHash() {
   history.replaceState(null, "", `#${params}`);
 }
 
+// Whether a run passes the filter box (its name or id contains every word); open and compared runs always do.
+function shown(run) {
+  if (run.id === state.focus || state.selected.has(run.id)) return true;
+  const text = `${run.name} ${run.id}`.toLowerCase();
+  return state.filter.split(/\s+/).every((word) => text.includes(word));
+}
+
 function renderRuns() {
   const list = $("runs");
   list.replaceChildren();
+  let group = null;
+  let hidden = 0;
   for (const run of state.runs) {
+    if (!shown(run)) {
+      hidden += 1;
+      continue;
+    }
+    const folder = run.id.includes("/") ? run.id.slice(0, run.id.lastIndexOf("/")) : "";
+    if (folder !== group && folder) list.append(el("li", "group", folder)); // runs grouped by experiment folder
+    group = folder;
     const item = el("li");
     item.classList.toggle("focus", run.id === state.focus);
     item.dataset.run = run.id;
@@ -68,6 +85,7 @@ function renderRuns() {
     list.append(item);
   }
   if (state.runs.length === 0) list.append(el("li", "muted", "No runs found under this folder."));
+  if (hidden) list.append(el("li", "muted", `${hidden} run${hidden === 1 ? "" : "s"} hidden by the filter`));
 }
 
 function renderTabs() {
@@ -178,6 +196,10 @@ async function followHash() {
 }
 
 async function main() {
+  $("run-filter").addEventListener("input", (event) => {
+    state.filter = event.target.value.trim().toLowerCase();
+    renderRuns();
+  });
   const wanted = readHash();
   // the hash's run and panel are fetched at once, alongside the runs list (one round trip, not three)
   const earlyPanels = wanted.run ? api("panels", { run: wanted.run }).catch(() => null) : null;
