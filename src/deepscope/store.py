@@ -259,8 +259,9 @@ class RunReader(RunLocation):
 
         A range of at most ``max_points`` points comes whole. A longer one is cut into
         ``(max_points - 2) // 2`` equal step ranges; each keeps the point with its lowest and the
-        point with its highest value (NaN and inf included: a bucket holding a NaN keeps one), plus
-        the range's first and last points. SQLite does the work over its ``(tag, step)`` index, one
+        point with its highest value (inf included), plus one NaN if the bucket holds any (so a
+        series with NaNs may return up to half as many points again), and the range's first and
+        last points. SQLite does the work over its ``(tag, step)`` index, one
         small indexed query per bucket, so a million-point series is summarised without reading
         it into Python (about 0.3 s here, against 0.5 s to fetch its rows alone).
 

@@ -35,7 +35,7 @@ def series_impl(
     start: int | None = None,
     end: int | None = None,
 ) -> dict[str, Any]:
-    """One scalar series within ``[start, end]``, at most ``points`` points (extremes per bucket kept).
+    """One scalar series within ``[start, end]``, about ``points`` points (``RunReader.scalar_window``).
 
     Returns:
         ``{"tag", "steps", "values", "total", "downsampled"}``: ``total`` counts the points in the
