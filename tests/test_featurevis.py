@@ -10,7 +10,16 @@ from deepscope.featurevis import feature_vis, feature_vis_grid, record_feature_v
 from deepscope.featurevis import objectives as obj
 from deepscope.featurevis.objectives import IMAGE, OUTPUT
 from deepscope.featurevis.param import COLOR_CORRELATION, Fourier, Pixels, color_correlation
-from deepscope.featurevis.transforms import STANDARD, compose, jitter, pad, random_affine, random_rotate, random_scale
+from deepscope.featurevis.transforms import (
+    STANDARD,
+    _resample,
+    compose,
+    jitter,
+    pad,
+    random_affine,
+    random_rotate,
+    random_scale,
+)
 from deepscope.report import build_report
 
 
@@ -141,6 +150,27 @@ def test_the_fused_standard_transform_equals_the_chain(factors, degrees):
         torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
     else:  # the chain interpolates twice
         assert (fused - expected).abs().mean() < 0.01
+
+
+@pytest.mark.parametrize(("threads", "batch", "height"), [(2, 1, 126), (2, 1, 127), (3, 1, 5), (4, 2, 131), (2, 3, 9)])
+def test_banded_resampling_equals_one_grid_sample_forward_and_backward(threads, batch, height):
+    """Cutting the output rows into one band per thread (odd heights padded) changes no value and no gradient."""
+    gen = torch.Generator().manual_seed(height)
+    x = torch.rand(batch, 3, 40, 41, dtype=torch.float64, generator=gen, requires_grad=True)
+    grid = torch.rand(height, 37, 2, dtype=torch.float64, generator=gen) * 2.2 - 1.1  # some points outside
+    weights = torch.rand(batch, 3, height, 37, dtype=torch.float64, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        banded = _resample(x, grid)
+    finally:
+        torch.set_num_threads(before)
+    plain = torch.nn.functional.grid_sample(x, grid.expand(batch, -1, -1, -1), align_corners=False)
+    (grad_banded,) = torch.autograd.grad((banded * weights).sum(), x)
+    (grad_plain,) = torch.autograd.grad((plain * weights).sum(), x)
+    assert banded.shape == plain.shape
+    torch.testing.assert_close(banded, plain, atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad_banded, grad_plain, atol=1e-12, rtol=0)
 
 
 def test_the_redirected_relu_lets_gradient_through_where_it_would_switch_the_unit_on():

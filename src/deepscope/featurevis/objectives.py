@@ -79,12 +79,19 @@ class Objective:
     __rmul__ = __mul__
 
 
-def _per_image(units: int | Sequence[int], batch: int, what: str) -> Tensor:
-    """``(B,)`` unit indices: one for the whole batch, or one per image."""
-    chosen = torch.as_tensor([units] if isinstance(units, int) else list(units), dtype=torch.long)
-    if chosen.numel() not in (1, batch):
-        raise ValueError(f"{chosen.numel()} {what}s for a batch of {batch} images: give one, or one per image")
-    return chosen.expand(batch) if chosen.numel() == 1 else chosen
+def _pick(out: Tensor, units: int | Sequence[int], what: str) -> Tensor:
+    """``out[b, units[b]]`` for each image ``b``: one unit for the whole batch, or one per image.
+
+    One unit is a plain slice (its backward is a copy into zeros, cheaper than the scatter of an index).
+    """
+    if isinstance(units, int):
+        return out[:, units]
+    chosen = torch.as_tensor(list(units), dtype=torch.long)
+    if chosen.numel() not in (1, out.shape[0]):
+        raise ValueError(f"{chosen.numel()} {what}s for a batch of {out.shape[0]} images: give one, or one per image")
+    if chosen.numel() == 1:
+        return out[:, int(chosen)]
+    return out[torch.arange(out.shape[0], device=out.device), chosen.to(out.device)]
 
 
 def _output(captured: Captured, name: str) -> Tensor:
@@ -99,8 +106,7 @@ def channel(layer_name: str, index: int | Sequence[int]) -> Objective:
 
     def fn(captured: Captured) -> Tensor:
         out = _output(captured, layer_name)
-        picked = _per_image(index, out.shape[0], "channel").to(out.device)
-        maps = out[torch.arange(out.shape[0], device=out.device), picked]  # (B, ...)
+        maps = _pick(out, index, "channel")  # (B, ...)
         return maps.flatten(1).mean(1) if maps.ndim > 1 else maps
 
     return Objective(fn, frozenset({layer_name}), f"channel {index} of {layer_name}")
@@ -111,8 +117,7 @@ def neuron(layer_name: str, index: int | Sequence[int], x: int | None = None, y:
 
     def fn(captured: Captured) -> Tensor:
         out = _output(captured, layer_name)
-        picked = _per_image(index, out.shape[0], "channel").to(out.device)
-        maps = out[torch.arange(out.shape[0], device=out.device), picked]  # (B, H, W) or (B,)
+        maps = _pick(out, index, "channel")  # (B, H, W) or (B,)
         if maps.ndim == 1:
             return maps
         row = maps.shape[1] // 2 if y is None else y
@@ -137,8 +142,7 @@ def class_logit(index: int | Sequence[int]) -> Objective:
 
     def fn(captured: Captured) -> Tensor:
         out = _output(captured, OUTPUT)
-        picked = _per_image(index, out.shape[0], "class").to(out.device)
-        return out[torch.arange(out.shape[0], device=out.device), picked]
+        return _pick(out, index, "class")
 
     return Objective(fn, frozenset({OUTPUT}), f"logit of class {index}")
 

@@ -129,16 +129,42 @@ def random_affine(
             dtype=x.dtype, device=x.device,
         )  # fmt: skip
         key = (*out, x.dtype, x.device)
-        if key not in centres:  # (H·W, 2) normalised (x, y) of the output's pixel centres
+        if key not in centres:  # normalised x of the output's pixel centres per column, y per row
             if len(centres) >= 64:  # a few sizes recur (one per scale factor); never an unbounded cache
                 centres.clear()
-            identity = torch.eye(2, 3, dtype=x.dtype, device=x.device)[None]
-            centres[key] = F.affine_grid(identity, [1, 1, *out], align_corners=False).view(-1, 2)
-        grid = torch.addmm(theta[:, 2], centres[key], theta[:, :2].T).view(1, *out, 2).expand(x.shape[0], -1, -1, -1)
-        sampled = F.grid_sample(x - value, grid, mode="bilinear", align_corners=False)
-        return sampled + value
+            centres[key] = tuple(
+                ((2 * torch.arange(n, dtype=x.dtype, device=x.device) + 1) / n - 1)[:, None] for n in (out[1], out[0])
+            )
+        columns, rows = centres[key]  # (W, 1), (H, 1)
+        # the grid (H, W, 2) = theta · (x, y, 1) as a sum of a per-column and a per-row term: a broadcast add is
+        # several times faster than a matrix product whose inner dimension is 2
+        grid = (columns * theta[:, 0])[None] + torch.addcmul(theta[:, 2], rows, theta[:, 1])[:, None]
+        return _resample(x - value, grid) + value
 
     return apply
+
+
+def _resample(x: Tensor, grid: Tensor) -> Tensor:
+    """``grid_sample(x, grid)`` (bilinear, zeros outside) for a grid ``(H, W, 2)`` shared by the batch.
+
+    A small batch is cut into bands of output rows, so every thread has an image to work on: the CPU
+    backward of ``grid_sample`` (a scatter) runs one thread per image, and for one image it costs more
+    than the model's own layers around it.
+    """
+    batch, (height, width) = x.shape[0], grid.shape[:2]
+    bands = min(torch.get_num_threads() // batch, height) if x.device.type == "cpu" else 1
+    if bands < 2:
+        return F.grid_sample(x, grid.expand(batch, -1, -1, -1), mode="bilinear", align_corners=False)
+    rows = -(-height // bands)  # per band; the last grid row is repeated to fill the last band
+    grid = torch.cat([grid, grid[-1:].expand(bands * rows - height, -1, -1)]) if bands * rows > height else grid
+    sampled = F.grid_sample(  # (bands · B, C, rows, W), band-major
+        x.repeat(bands, 1, 1, 1) if batch > 1 else x.expand(bands, -1, -1, -1),
+        grid.view(bands, 1, rows, width, 2).expand(-1, batch, -1, -1, -1).reshape(-1, rows, width, 2),
+        mode="bilinear",
+        align_corners=False,
+    )
+    banded = sampled.view(bands, batch, -1, rows, width).permute(1, 2, 0, 3, 4).reshape(batch, -1, bands * rows, width)
+    return banded[:, :, :height]
 
 
 STANDARD = random_affine(12, (8, 4), [1 + (i - 5) / 50 for i in range(11)], list(range(-10, 11)) + 5 * [0])
