@@ -35,6 +35,7 @@ _EXPORTS = {
     "FeatureEvolution": "deepscope.probes",
     "Finding": "deepscope.diagnostics",
     "evaluate": "deepscope.evaluation",
+    "explain_dataset": "deepscope.scale",
     "feature_vis": "deepscope.featurevis",
     "feature_vis_grid": "deepscope.featurevis",
     "Evaluation": "deepscope.evaluation",
@@ -71,6 +72,7 @@ _SUBMODULES = (
     "probes",
     "report",
     "repro",
+    "scale",
     "store",
 )
 

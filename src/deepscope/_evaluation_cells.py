@@ -81,9 +81,17 @@ class CellSelector:
             return
         self.classes = classes
         labels = np.clip(np.asarray(labels, np.int64), 0, classes - 1)  # out-of-range labels fail after the pass
-        cell = np.concatenate([self._cell, labels * classes + np.asarray(preds, np.int64)])
+        self._keep_best(labels * classes + np.asarray(preds, np.int64), losses, start + np.arange(len(labels)))
+
+    def merge(self, other: CellSelector) -> None:
+        """Add another shard's kept examples (the same ``per_cell``): the result is that of one pass over both."""
+        self.classes = max(self.classes, other.classes)
+        self._keep_best(other._cell, other._loss, other._position)
+
+    def _keep_best(self, cells: np.ndarray, losses: np.ndarray, positions: np.ndarray) -> None:
+        cell = np.concatenate([self._cell, cells])
         loss = np.concatenate([self._loss, np.asarray(losses, np.float64)])
-        position = np.concatenate([self._position, start + np.arange(len(labels))])
+        position = np.concatenate([self._position, positions])
         order = np.lexsort((position, -loss, cell))  # by cell, then highest loss, then earliest
         keep = order[_ranks(cell[order]) < self.per_cell]
         self._cell, self._loss, self._position = cell[keep], loss[keep], position[keep]

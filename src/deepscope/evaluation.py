@@ -24,14 +24,14 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepscope._classification_metrics import (
@@ -46,16 +46,15 @@ from deepscope._classification_metrics import (
     most_confused,
 )
 from deepscope._cue_audit import CueAudit, cue_audit
-from deepscope._data import dataset_size, fetch, indexable, labelled_batches
-from deepscope._evaluation_cells import CellExamples, CellSelector
+from deepscope._data import dataset_size, fetch, indexable
+from deepscope._evaluation_cells import CellExamples
 from deepscope._evaluation_cells import cell_examples as cell_examples_of
-from deepscope._progress import track
+from deepscope._evaluation_stream import Stream, feature_layer, merge_streams, stream_work, subsample
 from deepscope.attribution import explain
 from deepscope.attribution.metrics import boxes_to_masks
-from deepscope.guard import preserved
-from deepscope.hooks import HookSet, first_tensor
-from deepscope.layers import LayerSpec, guess_spatial_layer, model_device, resolve_layer
+from deepscope.layers import LayerSpec, guess_spatial_layer, model_device
 from deepscope.repro import library_versions
+from deepscope.scale.backends import Coverage, Ray, run_whole
 
 __all__ = ["CellExamples", "Embedding", "Evaluation", "Gallery", "evaluate"]
 
@@ -126,6 +125,7 @@ class Evaluation:
     params: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     cells: CellExamples | None = None
+    coverage: Coverage | None = None  # where the pass ran (every example is always covered)
 
     def summary(self) -> dict[str, float]:
         """The headline numbers: accuracy and balanced accuracy (with intervals), the majority baseline, ECE."""
@@ -218,6 +218,8 @@ def evaluate(
     bins: int = 15,
     seed: int = 0,
     description: str = "",
+    backend: str | Ray = "local",
+    model_factory: Callable[[], nn.Module] | None = None,
 ) -> Evaluation:
     """Evaluate a classifier on labelled data (see the module docstring).
 
@@ -249,6 +251,11 @@ def evaluate(
         bins: calibration bins.
         seed: bootstrap and audit sample.
         description: what the data is, for the report.
+        backend: ``"local"`` (one stream here), or ``"ray"`` / :class:`deepscope.scale.Ray`: the inference pass runs
+            in shards on Ray workers and their rows are put back in data order (the same result to rounding);
+            the metrics, gallery, cells and cue audit are then computed here. A shard that fails after its
+            retries makes ``evaluate`` raise, naming its examples: metrics of part of the data are not reported.
+        model_factory: with Ray, a function that builds the architecture on each worker (the weights are sent).
 
     Raises:
         ValueError: a label out of range, groups or masks of the wrong length or size, an empty dataset, or
@@ -261,8 +268,17 @@ def evaluate(
             "this DataLoader shuffles or has no map-style dataset, so its examples cannot be matched with groups, "
             "masks or the gallery: pass the dataset, or a DataLoader with shuffle=False"
         )
-    selector = CellSelector(int(cell_examples))
-    stream = _stream(model, data, batch_size, layer, _subsample(size, max_points), selector)
+    work = partial(
+        stream_work, batch_size=batch_size, feature=feature_layer(model, layer), keep=subsample(size, max_points),
+        per_cell=int(cell_examples),
+    )  # fmt: skip
+    parts, coverage = run_whole(
+        work, model, data, backend=backend, model_factory=model_factory, minimum=batch_size, label="evaluate"
+    )
+    if not coverage.complete:  # metrics, groups and galleries would silently describe another dataset
+        raise RuntimeError(f"evaluate needs every example, but shards failed: {coverage.summary()}")
+    stream = merge_streams(parts)
+    selector = stream.cells
     count = len(stream.labels)
     if count == 0:
         raise ValueError("data holds no example")
@@ -314,112 +330,11 @@ def evaluate(
         params,
         library_versions(),
         cells,
+        replace(coverage, items=count),
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Stream:
-    probabilities: np.ndarray  # (N, K) float32
-    labels: np.ndarray  # (N,) int64
-    losses: np.ndarray  # (N,)
-    features: np.ndarray | None  # (M, D) of the subsample
-    feature_index: np.ndarray  # (M,) their positions
-    feature_layer: str
-
-
-def _stream(
-    model: nn.Module, data: Any, batch_size: int, layer: LayerSpec | None, keep: np.ndarray | None,
-    selector: CellSelector,
-) -> _Stream:  # fmt: skip
-    """One inference pass: probabilities, labels, losses, the subsample's features; ``selector`` sees each batch."""
-    device = model_device(model)
-    captured: list[Tensor] = []
-    name, module, use_input = _feature_layer(model, layer)
-    probabilities, labels, losses, features, positions = [], [], [], [], []
-    seen = 0
-    with preserved(model, grads=False), torch.inference_mode(), HookSet() as hooks:
-        model.eval()
-        if module is not None:
-            if use_input:
-                hooks.forward_pre(module, lambda _m, args: captured.append(first_tensor(args)))
-            else:
-                hooks.forward(module, lambda _m, _a, out: captured.append(first_tensor(out)))
-        total = dataset_size(data)
-        for inputs, target in track(labelled_batches(data, batch_size), "evaluate", total=_batches(total, batch_size)):
-            captured.clear()
-            probs = _probabilities(model(inputs.to(device)))  # (B, K)
-            target = target.to(probs.device).long().flatten()
-            if target.shape[0] != probs.shape[0]:
-                raise ValueError(f"a batch has {probs.shape[0]} outputs but {target.shape[0]} labels")
-            picked = target.clamp(0, probs.shape[1] - 1)  # out-of-range labels are reported after the pass
-            losses.append(-probs.gather(1, picked[:, None]).clamp_min(1e-12).log().squeeze(1).double().cpu())
-            probabilities.append(probs.cpu())
-            labels.append(target.cpu())
-            rows_probs = probabilities[-1].numpy()
-            selector.update(seen, labels[-1].numpy(), rows_probs.argmax(1), losses[-1].numpy(), rows_probs.shape[1])
-            if captured and captured[0] is not None:
-                rows = _rows_kept(keep, seen, probs.shape[0])
-                features.append(_pooled(captured[0][rows]).float().cpu())
-                positions.append(torch.as_tensor(rows) + seen)
-            seen += probs.shape[0]
-    if not probabilities:
-        return _Stream(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0), None, np.zeros(0, np.int64), name)
-    feats = torch.cat(features).numpy() if features else None
-    index = torch.cat(positions).numpy() if positions else np.zeros(0, np.int64)
-    return _Stream(
-        torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(losses).numpy(), feats, index, name
-    )
-
-
-def _probabilities(output: Any) -> Tensor:
-    """Softmax of ``(N, K)`` logits; ``(N,)`` or ``(N, 1)`` logits become the two probabilities of a sigmoid."""
-    logits = getattr(output, "logits", output)
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"the model returned {type(output).__name__}; evaluate needs logits (N, K) as a tensor")
-    logits = logits.float()
-    if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
-        positive = torch.sigmoid(logits.reshape(-1))
-        return torch.stack([1 - positive, positive], 1)
-    if logits.ndim != 2:
-        raise ValueError(f"the model returned {tuple(logits.shape)}; evaluate needs logits (N, K)")
-    return F.softmax(logits, 1)
-
-
-def _feature_layer(model: nn.Module, layer: LayerSpec | None) -> tuple[str, nn.Module | None, bool]:
-    """The layer the 2-D map shows: ``layer``'s output, else the input of the last ``nn.Linear``."""
-    if layer is not None:
-        name, module = resolve_layer(model, layer)
-        return name, module, False
-    linear = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linear:
-        return "", None, False
-    return f"{linear[-1][0]} (input)", linear[-1][1], True
-
-
-def _pooled(features: Tensor) -> Tensor:
-    """``(B, D)`` per example: spatial (or token) dimensions averaged away."""
-    return features.flatten(2).mean(2) if features.ndim > 2 else features.reshape(features.shape[0], -1)
-
-
-def _subsample(size: int | None, max_points: int) -> np.ndarray | None:
-    """Evenly spaced positions of the examples mapped in 2-D (None: every example, size unknown or small)."""
-    if size is None or size <= max_points:
-        return None
-    return np.unique(np.linspace(0, size - 1, max_points).round().astype(np.int64))
-
-
-def _rows_kept(keep: np.ndarray | None, start: int, count: int) -> np.ndarray:
-    if keep is None:
-        return np.arange(count)
-    inside = keep[(keep >= start) & (keep < start + count)]
-    return inside - start
-
-
-def _batches(size: int | None, batch_size: int) -> int | None:
-    return None if size is None else -(-size // batch_size)
-
-
-def _gallery(model: nn.Module, data: Any, stream: _Stream, preds: np.ndarray, count: int, order: Order) -> Gallery:
+def _gallery(model: nn.Module, data: Any, stream: Stream, preds: np.ndarray, count: int, order: Order) -> Gallery:
     """The ``count`` worst misclassified examples, with the Grad-CAM of their predicted class when spatial."""
     wrong = np.flatnonzero(preds != stream.labels)
     key = stream.losses[wrong] if order == "loss" else stream.probabilities[wrong].max(1)
@@ -444,7 +359,7 @@ def _has_spatial_layer(model: nn.Module, example: Tensor) -> bool:
     return True
 
 
-def _embedding(stream: _Stream, preds: np.ndarray, projection: Projection, seed: int) -> Embedding | None:
+def _embedding(stream: Stream, preds: np.ndarray, projection: Projection, seed: int) -> Embedding | None:
     features = stream.features
     if features is None or len(features) < 3:
         return None

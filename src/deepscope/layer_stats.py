@@ -16,8 +16,9 @@ sums (or the current top k per channel) are kept, so memory does not grow with t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ from deepscope.guard import preserved
 from deepscope.layers import LayerSpec, activation_bounds, model_device, resolve_layer, resolve_layers
 from deepscope.receptive import ReceptiveField, receptive_field
 from deepscope.repro import library_versions
+from deepscope.scale._shards import Shard
+from deepscope.scale.backends import Coverage, Ray, resolve, run_whole
 
 __all__ = ["ActivationStats", "ChannelStats", "TopActivations", "activations", "top_activations"]
 
@@ -73,6 +76,7 @@ class ActivationStats:
     images: int
     params: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    coverage: Coverage | None = None  # which inputs the statistics count (all, unless Ray shards failed)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per layer: channels, mean, std, share of zeros, dead channels (never non-zero), saturation."""
@@ -123,6 +127,7 @@ class TopActivations:
     images: int
     params: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    coverage: Coverage | None = None  # which images were searched (all, unless Ray shards failed)
 
 
 def activations(
@@ -133,6 +138,8 @@ def activations(
     batch_size: int = 256,
     bins: int = 50,
     example: int = 0,
+    backend: str | Ray = "local",
+    model_factory: Callable[[], nn.Module] | None = None,
 ) -> ActivationStats:
     """Stream ``data`` through ``model`` and summarise each channel of ``layers`` (see the module docstring).
 
@@ -143,34 +150,102 @@ def activations(
         batch_size: inputs per forward pass (a ``DataLoader`` keeps its own).
         bins: histogram buckets per layer.
         example: the position of the input whose feature maps are kept.
+        backend: ``"local"`` (a stream in this process), or ``"ray"`` / :class:`deepscope.scale.Ray` (shards on
+            Ray workers, the per-shard statistics merged: the same result to rounding; see ``result.coverage``).
+        model_factory: with Ray, a function that builds the architecture on each worker (the weights are sent).
     """
     watched = resolve_layers(model, layers)
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
+    edges = None if resolve(backend) is None else _first_edges(model, watched, data, batch_size, bins)
     bounds = {name: activation_bounds(module) for name, module in watched.items()}
-    running: dict[str, _Moments] = {}
-    seen = 0
-    device = model_device(model)
-    with preserved(model, grads=False), torch.inference_mode():
-        model.eval()
-        for batch in track(batches(data, batch_size), "activations", total=_batch_count(data, batch_size)):
-            outputs = forward_until(model, watched, batch.to(device))
-            for name, output in outputs.items():
-                if not output.is_floating_point() or output.ndim < 2:
-                    raise ValueError(f"layer {name!r} gives {tuple(output.shape)} {output.dtype}: no channels (dim 1)")
-                moments = running.setdefault(name, _Moments(output, bins, bounds[name]))
-                moments.add(output)
-                if seen <= example < seen + output.shape[0]:
-                    moments.example = output[example - seen].detach().float().cpu().clone()
-            seen += batch.shape[0]
-            del outputs, output  # freed before the next forward pass allocates its own
+    settings = _ActivationSettings(tuple(watched), bounds, bins, batch_size, example, edges)
+    partials, coverage = run_whole(
+        partial(_activation_work, settings=settings), model, data, backend=backend, model_factory=model_factory,
+        minimum=batch_size, label="activations",
+    )  # fmt: skip
+    running, seen = partials[0]
+    for more, count in partials[1:]:
+        for name in running:
+            running[name].merge(more[name])
+        seen += count
     if not seen:
         raise ValueError("data holds no input")
-    if example >= seen:
+    if example >= seen or not any(moments.example is not None for moments in running.values()):
         raise ValueError(f"example={example} but the data holds {seen} inputs")
     stats = {name: running[name].result(name) for name in watched}
     params = {"batch_size": batch_size, "bins": bins, "example": example}
-    return ActivationStats(stats, seen, params, library_versions())
+    return ActivationStats(stats, seen, params, library_versions(), replace(coverage, items=coverage.items or seen))
+
+
+@dataclass(frozen=True, slots=True)
+class _ActivationSettings:
+    names: tuple[str, ...]
+    bounds: dict[str, tuple[float, float] | None]
+    bins: int
+    batch_size: int
+    example: int
+    edges: (
+        dict[str, tuple[Tensor, int]] | None
+    )  # per layer: histogram edges and sampling stride (None: the first batch's)
+
+
+def _first_edges(
+    model: nn.Module, watched: dict[str, nn.Module], data: Any, batch_size: int, bins: int
+) -> dict[str, tuple[Tensor, int]]:
+    """The histogram edges of each layer (the first batch's range, widened by half) and its sampling stride.
+
+    Fixed before the pass, so that every shard counts into the same buckets and samples the same inputs.
+    """
+    first = next(iter(batches(data, batch_size)), None)
+    if first is None:
+        return {}
+    with preserved(model, grads=False), torch.inference_mode():
+        model.eval()
+        outputs = forward_until(model, watched, first.to(model_device(model)))
+    settings = _ActivationSettings(tuple(watched), {}, bins, batch_size, 0, None)
+    for name, output in outputs.items():
+        _check_channels(name, output)
+    return {name: _edges(output, settings) for name, output in outputs.items()}
+
+
+def _edges(output: Tensor, settings: _ActivationSettings) -> tuple[Tensor, int]:
+    """A layer's histogram edges (the batch's range widened by half on each side) and sampling stride (inputs)."""
+    low, high = float(output.min()), float(output.max())
+    margin = 0.5 * (high - low) or 1.0
+    stride = max(1, math.ceil(output.numel() / _HISTOGRAM_SAMPLE))
+    return torch.linspace(low - margin, high + margin, settings.bins + 1, dtype=torch.float64), stride
+
+
+def _activation_work(model: nn.Module, items: Any, shard: Shard, *, settings: _ActivationSettings) -> Any:
+    """One shard's running moments per layer (on the CPU), and its number of inputs."""
+    watched = resolve_layers(model, list(settings.names))
+    device = model_device(model)
+    running: dict[str, _Moments] = {}
+    seen = shard.start
+    with preserved(model, grads=False), torch.inference_mode():
+        model.eval()
+        for batch in track(
+            batches(items, settings.batch_size), "activations", total=_batch_count(items, settings.batch_size)
+        ):
+            outputs = forward_until(model, watched, batch.to(device))
+            for name, output in outputs.items():
+                _check_channels(name, output)
+                if name not in running:
+                    edges = settings.edges[name] if settings.edges is not None else _edges(output, settings)
+                    running[name] = _Moments(output.shape[1], *edges, settings.bounds[name], output.device)
+                moments = running[name]
+                moments.add(output, seen)
+                if seen <= settings.example < seen + output.shape[0]:
+                    moments.example = output[settings.example - seen].detach().float().cpu().clone()
+            seen += batch.shape[0]
+            del outputs, output  # freed before the next forward pass allocates its own
+    return {name: m.to_cpu() for name, m in running.items()}, seen - shard.start
+
+
+def _check_channels(name: str, output: Tensor) -> None:
+    if not output.is_floating_point() or output.ndim < 2:
+        raise ValueError(f"layer {name!r} gives {tuple(output.shape)} {output.dtype}: no channels (dim 1)")
 
 
 def top_activations(
@@ -182,6 +257,8 @@ def top_activations(
     *,
     batch_size: int = 256,
     project: bool = True,
+    backend: str | Ray = "local",
+    model_factory: Callable[[], nn.Module] | None = None,
 ) -> TopActivations:
     """The Zeiler–Fergus top-``k`` of each channel of ``layer`` over ``data``, with patches and projections.
 
@@ -194,24 +271,52 @@ def top_activations(
         k: images per channel (distinct: each image contributes its spatial maximum once).
         batch_size: inputs per forward pass.
         project: also compute each unit's DeconvNet projection.
+        backend: ``"local"``, or ``"ray"`` / :class:`deepscope.scale.Ray`: the per-shard top-k are merged (the same
+            images, ties included); patches and projections are then cut here.
+        model_factory: with Ray, a function that builds the architecture on each worker (the weights are sent).
 
     Raises:
         ValueError: the layer has no spatial output, ``k`` exceeds the number of images, or a channel is out of range.
     """
-    name, module = resolve_layer(model, layer)
+    name, _ = resolve_layer(model, layer)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     size = dataset_size(data)
     if size is not None and k > size:
         raise ValueError(f"k={k} is more than the {size} images of the data")
+    work = partial(_top_work, name=name, channels=channels, k=k, batch_size=batch_size)
+    partials, coverage = run_whole(
+        work, model, data, backend=backend, model_factory=model_factory, minimum=batch_size, label="top activations"
+    )
+    best, seen = partials[0]
+    for more, count in partials[1:]:
+        best.merge(more)
+        seen += count
+    if best is None:
+        raise ValueError("data holds no input")
+    if k > seen:
+        raise ValueError(f"k={k} is more than the {seen} images of the data")
+    field = receptive_field(model, name, tuple(fetch(data, [0]).shape[1:]))
+    scores, indices, positions = best.scores, best.indices, best.positions
+    patches, projections, inside, boxes = _patches(model, data, name, field, best.channels, indices, positions, project)
+    params = {"k": k, "batch_size": batch_size, "project": project}
+    return TopActivations(
+        name, best.channels, scores, indices, positions, boxes, patches, projections, inside, field, seen,
+        params, library_versions(), replace(coverage, items=coverage.items or seen),
+    )  # fmt: skip
+
+
+def _top_work(
+    model: nn.Module, items: Any, shard: Shard, *, name: str, channels: Any, k: int, batch_size: int
+) -> tuple[_TopK | None, int]:
+    """One shard's running top-k (on the CPU; dataset positions), and its number of images."""
+    module = dict(model.named_modules())[name]
     device = model_device(model)
     best: _TopK | None = None
-    seen = 0
-    first: Tensor | None = None
+    seen = shard.start
     with preserved(model, grads=False), torch.inference_mode():
         model.eval()
-        for batch in track(batches(data, batch_size), "top activations", total=_batch_count(data, batch_size)):
-            first = batch[:1].clone() if first is None else first  # a copy: a view would keep the batch alive
+        for batch in track(batches(items, batch_size), "top activations", total=_batch_count(items, batch_size)):
             output = forward_until(model, {name: module}, batch.to(device))[name]
             if output.ndim != 4:
                 raise ValueError(
@@ -223,43 +328,35 @@ def top_activations(
             best.add(output, seen)
             seen += batch.shape[0]
             del output  # freed before the next forward pass allocates its own
-    if best is None or first is None:
-        raise ValueError("data holds no input")
-    if k > seen:
-        raise ValueError(f"k={k} is more than the {seen} images of the data")
-    field = receptive_field(model, name, tuple(first.shape[1:]))
-    scores, indices, positions = (t.cpu() for t in best.result())
-    patches, projections, inside, boxes = _patches(
-        model, data, name, field, best.channels.cpu(), indices, positions, project
-    )
-    params = {"k": k, "batch_size": batch_size, "project": project}
-    return TopActivations(
-        name, best.channels.cpu(), scores, indices, positions, boxes, patches, projections, inside, field, seen,
-        params, library_versions(),
-    )  # fmt: skip
+    return (best.to_cpu() if best is not None else None), seen - shard.start
 
 
 class _Moments:
-    """Running per-channel moments of one layer (Chan et al.'s parallel update), extremes, counts and a histogram."""
+    """Running per-channel moments of one layer (Chan et al.'s parallel update), extremes, counts and a histogram.
 
-    def __init__(self, first: Tensor, bins: int, bounds: tuple[float, float] | None) -> None:
-        channels = first.shape[1]
-        zeros = torch.zeros(channels, dtype=torch.float64, device=first.device)
+    Partial results merge exactly (counts, extremes, histogram) or to rounding (moments, in float64),
+    whatever the batches or shards they came from: the histogram's edges and the inputs it samples
+    (every ``stride``-th position of the data) are fixed before the pass.
+    """
+
+    def __init__(
+        self, channels: int, edges: Tensor, stride: int, bounds: tuple[float, float] | None, device: torch.device
+    ) -> None:
+        zeros = torch.zeros(channels, dtype=torch.float64, device=device)
         self.count = 0
         self.mean, self.m2, self.zeros, self.saturated = zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone()
         self.min = torch.full_like(zeros, math.inf)
         self.max = torch.full_like(zeros, -math.inf)
         self.bounds = bounds
-        low, high = float(first.min()), float(first.max())
-        margin = 0.5 * (high - low) or 1.0
-        self.edges = torch.linspace(low - margin, high + margin, bins + 1, dtype=torch.float64)
-        self.histogram = torch.zeros(bins, dtype=torch.float64, device=first.device)
+        self.edges, self.stride = edges, stride
+        self.histogram = torch.zeros(len(edges) - 1, dtype=torch.float64, device=device)
         self.below = self.above = self.sampled = 0
         self.shift: Tensor | None = None
         self.buffer: Tensor | None = None
         self.example: Tensor | None = None
 
-    def add(self, output: Tensor) -> None:
+    def add(self, output: Tensor, position: int) -> None:
+        """Count a batch whose first input is at dataset ``position``."""
         x = output.detach().float().reshape(output.shape[0], output.shape[1], -1)  # (N, C, positions)
         if self.buffer is None or self.buffer.shape[1:] != x.shape[1:] or len(self.buffer) < len(x):
             self.buffer = torch.empty_like(x)  # one scratch tensor for every pass: no allocation per batch
@@ -276,23 +373,47 @@ class _Moments:
         d = torch.sub(x, self.shift[:, None], out=scratch)
         total = _per_channel(d, torch.sum).double()
         squares = _per_channel(d.square_(), torch.sum).double()
-        batch_mean = self.shift.double() + total / n
-        batch_m2 = (squares - total * total / n).clamp_min(0)
-        count = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * (n / count)
-        self.m2 += batch_m2 + delta.square() * (self.count * n / count)
-        self.count = count
+        self._combine(n, self.shift.double() + total / n, (squares - total * total / n).clamp_min(0))
         low_batch, high_batch = _per_channel(x, torch.amin), _per_channel(x, torch.amax)
         self.min = torch.minimum(self.min, low_batch.double())
         self.max = torch.maximum(self.max, high_batch.double())
-        sample = x[:: max(1, math.ceil(x.numel() / _HISTOGRAM_SAMPLE))]
+        sample = x[(-position) % self.stride :: self.stride]  # the inputs at multiples of the stride
         low, high = float(self.edges[0]), float(self.edges[-1])
         self.histogram += torch.histc(sample, bins=len(self.histogram), min=low, max=high).double()
         self.sampled += sample.numel()
-        if float(low_batch.min()) < low or float(high_batch.max()) > high:  # else nothing can fall outside
+        if sample.numel() and (float(low_batch.min()) < low or float(high_batch.max()) > high):
             self.below += int((sample < low).sum())
             self.above += int((sample > high).sum())
+
+    def _combine(self, n: int, mean: Tensor, m2: Tensor) -> None:
+        """Chan et al.'s merge of another group's count, means and sums of squared deviations into these."""
+        count = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * (n / count)
+        self.m2 += m2 + delta.square() * (self.count * n / count)
+        self.count = count
+
+    def merge(self, other: _Moments) -> None:
+        """Add another shard's statistics (taken with the same edges and stride) to these."""
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+        self.zeros += other.zeros
+        self.saturated += other.saturated
+        self.min, self.max = torch.minimum(self.min, other.min), torch.maximum(self.max, other.max)
+        self.histogram += other.histogram
+        self.below, self.above, self.sampled = (
+            self.below + other.below,
+            self.above + other.above,
+            self.sampled + other.sampled,
+        )
+        self.example = self.example if self.example is not None else other.example
+
+    def to_cpu(self) -> _Moments:
+        """These statistics on the CPU, without the scratch buffer (what a shard sends back)."""
+        for name in ("mean", "m2", "zeros", "saturated", "min", "max", "histogram"):
+            setattr(self, name, getattr(self, name).cpu())
+        self.shift = self.buffer = None
+        return self
 
     def result(self, name: str) -> ChannelStats:
         cpu = lambda t: t.cpu()  # noqa: E731
@@ -310,7 +431,9 @@ class _TopK:
     """The running top ``k`` spatial maxima of each channel, with the image position and the argmax unit.
 
     Each batch costs one max-reduction of its maps; the argmax is looked up only for the maps that
-    enter the top ``k`` (at most ``C × k`` of them), not for every image.
+    enter the top ``k`` (at most ``C × k`` of them), not for every image. Entries are kept by
+    descending score, equal scores by ascending image position (a stable sort of earlier entries
+    before later ones), so the result does not depend on how the data was cut into batches or shards.
     """
 
     def __init__(self, channels: Tensor, count: int, k: int, device: torch.device) -> None:
@@ -323,10 +446,11 @@ class _TopK:
         self.positions = torch.empty((*shape, 2), dtype=torch.long, device=device)
 
     def add(self, output: Tensor, offset: int) -> None:
+        """Count a batch whose first image is at dataset position ``offset``."""
         n, _, h, w = output.shape
         maps = (output if self.every else output[:, self.channels]).reshape(n, len(self.channels), h * w)
         scores = torch.cat([self.scores, maps.amax(2).float().T], 1)  # (C, kept + N)
-        keep = scores.topk(min(self.k, scores.shape[1]), dim=1).indices  # (C, k) sorted, descending
+        keep = _best(scores, self.k)  # (C, k)
         kept, fresh = self.scores.shape[1], keep >= self.scores.shape[1]
         column = torch.arange(len(self.channels), device=output.device)[:, None].expand_as(keep)
         where = maps[(keep - kept).clamp_min(0), column].argmax(2)  # (C, k) argmax, used where the map is fresh
@@ -339,8 +463,24 @@ class _TopK:
             indices = torch.where(fresh, indices, self.indices.gather(1, earlier))
         self.scores, self.indices, self.positions = scores.gather(1, keep), indices, positions
 
-    def result(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.scores, self.indices, self.positions
+    def merge(self, other: _TopK) -> None:
+        """Add another shard's top ``k`` (of later images) to this one."""
+        scores = torch.cat([self.scores, other.scores], 1)
+        keep = _best(scores, self.k)
+        self.scores = scores.gather(1, keep)
+        self.indices = torch.cat([self.indices, other.indices], 1).gather(1, keep)
+        self.positions = torch.cat([self.positions, other.positions], 1).gather(1, keep[..., None].expand(-1, -1, 2))
+
+    def to_cpu(self) -> _TopK:
+        """This top-k on the CPU (what a shard sends back)."""
+        self.channels, self.scores = self.channels.cpu(), self.scores.cpu()
+        self.indices, self.positions = self.indices.cpu(), self.positions.cpu()
+        return self
+
+
+def _best(scores: Tensor, k: int) -> Tensor:
+    """``(C, min(k, n))`` the columns of the ``k`` highest scores per row, descending; ties: the earlier column."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def _per_channel(x: Tensor, reduce: Any) -> Tensor:
