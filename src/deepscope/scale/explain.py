@@ -334,7 +334,7 @@ def _explained(target: Any, count: int) -> np.ndarray:
 
 
 def _scaled(maps: Tensor) -> Tensor:
-    """Each ``(H, W)`` map's ``|m|`` min–max scaled to [0, 1] (one scale for offset maps like RISE's and signed ones)."""
+    """Each ``(H, W)`` map's ``|m|`` min–max scaled to [0, 1]: one scale for offset maps (RISE's) and signed ones."""
     magnitude = maps.abs().flatten(1)
     low, high = magnitude.amin(1, keepdim=True), magnitude.amax(1, keepdim=True)
     return ((magnitude - low) / (high - low).clamp_min(1e-30)).view_as(maps)
