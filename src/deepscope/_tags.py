@@ -55,6 +55,7 @@ class TAGS:
     ATTENTION = "attention"  # prefix of every tag and meta key written by Attention.record
     TEXT = "text"  # prefix of every tag and meta key written by TokenAttribution.record
     FEATURE_VIS = "featurevis"  # prefix of every tag and meta key written by featurevis.record_feature_vis
+    EXPLAIN_DATASET = "explain_dataset"  # prefix of every tag and meta key written by DatasetExplanation.record
     ENVIRONMENT = "repro/environment"  # what the run ran on (deepscope._environment), written when a run is created
     FOOTPRINT = "repro/footprint"  # energy, CO₂-eq and water of the recorded block (Recorder(footprint=True))
     MANIFEST = "repro/manifest"  # prefix of every meta key written by SplitManifest.record

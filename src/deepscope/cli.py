@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -208,6 +209,101 @@ def _label_indices(texts: list[str], names: list[str] | None) -> tuple[list[int]
         raise typer.BadParameter(f"labels {unknown[:5]} are not among the class names {known[:10]}")
     index = {name: i for i, name in enumerate(known)}
     return [index[t] for t in texts], known
+
+
+@app.command("explain-dataset")
+def explain_dataset(
+    model: _ModelArg,
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="A CSV with path,label columns (+ metadata), or a folder per class.")
+    ],
+    method: Annotated[str, typer.Option("--method", "-m", help="Attribution method (see the README).")] = "gradcam",
+    target: Annotated[
+        str, typer.Option(help="Class to explain: predicted, label (each image's own) or a class index.")
+    ] = "predicted",
+    class_names: Annotated[
+        str | None, typer.Option(help="Comma-separated class names in output order (default: from the data).")
+    ] = None,
+    layer: _LayerOpt = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Method parameter KEY=VALUE, e.g. -p n_steps=64.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per attribution call.")] = 64,
+    shard_size: Annotated[int, typer.Option(help="Images per shard: one file, one unit of work and retry.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of every shard's generator, for stochastic methods.")] = 0,
+    dtype: Annotated[str, typer.Option(help="Stored maps: float32, or float16 (half the size).")] = "float32",
+    backend: Annotated[str, typer.Option(help="Where the shards run: local (here) or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (auto, ray://host:10001); default: RAY_ADDRESS, else new.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray workers (default: as the cluster's CPUs allow).")] = None,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs of each Ray worker.")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs of each Ray worker (1: one GPU each).")] = 0.0,
+    weights: _WeightsOpt = None,
+    trust_checkpoint: _TrustOpt = False,
+    size: _SizeOpt = 224,
+    no_normalize: _RawOpt = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps, the run and its report.")] = Path(
+        "runs/explain-dataset"
+    ),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the maps, run and report in --out.")] = False,
+) -> None:
+    """Explain every image of a labelled dataset into compressed map shards, here or on Ray; exit 1 if shards fail."""
+    from deepscope._images import LabelledImages, read_labelled
+    from deepscope.report import build_report
+    from deepscope.scale import Ray
+    from deepscope.scale import explain_dataset as explain_all
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise typer.BadParameter(f"{out} is not empty: pass --overwrite to replace its maps, run and report")
+    explained = _dataset_target(target)
+    paths, texts, _ = read_labelled(data)
+    labels, names = _label_indices(texts, class_names.split(",") if class_names else None)
+    net = _load_cli_model(model, weights, trust_checkpoint)
+    images = LabelledImages([p.resolve() for p in paths], labels, size=size, raw=no_normalize)  # workers read them
+    spec = str(Path(model).resolve()) if Path(model).is_file() else model
+    on_ray = backend == "ray"
+    start = time.perf_counter()
+    try:
+        result = explain_all(
+            net, images, method, out=out / "maps", target=explained, layer=layer,
+            batch_size=batch_size, shard_size=shard_size, seed=seed, dtype=dtype,
+            backend=Ray(address, workers, cpus_per_worker, gpus_per_worker) if on_ray else backend,
+            model_factory=partial(_architecture, spec, str(Path.cwd())) if on_ray else None, overwrite=overwrite,
+            **_parse_params(param or []),
+        )  # fmt: skip
+    except (FileExistsError, ImportError) as error:  # a folder it did not write; Ray not installed
+        raise typer.BadParameter(str(error)) from error
+    seconds = time.perf_counter() - start
+    run = result.record(out / "explanations", data=images, class_names=names, name="explanations", overwrite=True)
+    covered = int(result.coverage.covered().sum())
+    console = _console()
+    console.print(
+        f"items={result.items} shards={result.coverage.shards} backend={result.coverage.backend} "
+        f"seconds={seconds:.1f} items/s={covered / seconds:.1f} bytes={sum(s.bytes for s in result.shards):,}"
+    )
+    console.print(f"coverage: {result.coverage.summary()}", markup=False)
+    console.print(f"maps: {result.path.resolve()}\nrun: {run.resolve()}\nreport: {build_report(out).resolve()}")
+    if not result.coverage.complete:
+        raise typer.Exit(code=1)
+
+
+def _dataset_target(text: str) -> int | str | None:
+    """``--target`` of explain-dataset: None for predicted, ``"label"``, or a class index."""
+    if text in ("predicted", "label"):
+        return None if text == "predicted" else text
+    if not text.strip().isdigit():
+        raise typer.BadParameter(f"--target {text!r}: use predicted, label or a class index")
+    return int(text)
+
+
+def _architecture(spec: str, cwd: str) -> nn.Module:
+    """The model ``spec`` names, without weights: the factory each Ray worker calls (explain_dataset sends them)."""
+    from deepscope._loading import load_model
+
+    if cwd not in sys.path:  # module:factory from the command's working directory, as in _load_cli_model
+        sys.path.insert(0, cwd)
+    return load_model(spec)
 
 
 @app.command()

@@ -15,6 +15,7 @@ __all__ = [
     "LayerNotFoundError",
     "RunLockedError",
     "SchemaVersionError",
+    "ShardsFailedError",
     "UnknownNameError",
     "close_matches",
 ]
@@ -90,3 +91,7 @@ class SchemaVersionError(DeepscopeError, ValueError):
 
 class RunLockedError(DeepscopeError, RuntimeError):
     """A run store already has a live writer (another process or another writer in this one)."""
+
+
+class ShardsFailedError(DeepscopeError, RuntimeError):
+    """Shards of a dataset-wide analysis failed after their retries; the message says which."""

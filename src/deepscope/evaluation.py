@@ -52,6 +52,7 @@ from deepscope._evaluation_cells import cell_examples as cell_examples_of
 from deepscope._evaluation_stream import Stream, feature_layer, merge_streams, stream_work, subsample
 from deepscope.attribution import explain
 from deepscope.attribution.metrics import boxes_to_masks
+from deepscope.errors import ShardsFailedError
 from deepscope.layers import LayerSpec, guess_spatial_layer, model_device
 from deepscope.repro import library_versions
 from deepscope.scale.backends import Coverage, Ray, run_whole
@@ -260,6 +261,7 @@ def evaluate(
     Raises:
         ValueError: a label out of range, groups or masks of the wrong length or size, an empty dataset, or
             a setting out of range (each message says what is valid).
+        ShardsFailedError: on Ray, a shard failed after its retries (the message names its examples).
     """
     _check_settings(gallery, order, projection, max_points, bins, cell_examples)
     size = dataset_size(data)
@@ -276,7 +278,7 @@ def evaluate(
         work, model, data, backend=backend, model_factory=model_factory, minimum=batch_size, label="evaluate"
     )
     if not coverage.complete:  # metrics, groups and galleries would silently describe another dataset
-        raise RuntimeError(f"evaluate needs every example, but shards failed: {coverage.summary()}")
+        raise ShardsFailedError(f"evaluate needs every example, but shards failed: {coverage.summary()}")
     stream = merge_streams(parts)
     selector = stream.cells
     count = len(stream.labels)

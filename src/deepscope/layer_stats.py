@@ -393,6 +393,7 @@ class _Moments:
         self.m2 += m2 + delta.square() * (self.count * n / count)
         self.count = count
 
+    @torch.inference_mode()  # the running tensors were made in inference mode, and are updated in place
     def merge(self, other: _Moments) -> None:
         """Add another shard's statistics (taken with the same edges and stride) to these."""
         if other.count:

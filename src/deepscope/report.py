@@ -28,6 +28,7 @@ from deepscope._report_layers import evolution_sections, layer_sections
 from deepscope._report_page import Figure, Section, write_page
 from deepscope._report_page import slug as _slug
 from deepscope._report_repro import repro_section
+from deepscope._report_scale import scale_sections
 from deepscope._report_text import text_sections
 from deepscope._tags import TAGS
 from deepscope.projection import PROJECTIONS, Projection, project_frames
@@ -447,6 +448,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     attention_sections,
     text_sections,
     evaluation_sections,
+    scale_sections,
     repro_section,
     _provenance,
 ]

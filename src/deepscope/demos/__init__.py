@@ -13,11 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# Registration order is the tour order: training, layer health, explanations, features, attention, evaluation.
-from deepscope.demos import toy2d, digits, shapes, featurevis, attention, spurious  # isort: skip
+# Registration order is the tour order: training, layer health, explanations, features, attention, evaluation,
+# dataset-wide explanations.
+from deepscope.demos import toy2d, digits, shapes, featurevis, attention, spurious, scale  # isort: skip
 from deepscope.registry import DEMOS
 
-__all__ = ["TOUR", "DemoResult", "attention", "digits", "featurevis", "run_demo", "shapes", "spurious", "toy2d"]
+__all__ = [
+    "TOUR", "DemoResult", "attention", "digits", "featurevis", "run_demo", "scale", "shapes", "spurious", "toy2d",
+]  # fmt: skip
 
 TOUR = "tour"  # every registered demo, one report
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from deepscope._progress import track
+from deepscope.errors import ShardsFailedError
 from deepscope.scale._shards import Shard, view
 from deepscope.scale.backends import Ray, ShardFailure, Work
 
@@ -93,6 +94,17 @@ class _ShardWorker:
         return _row(shard, b"", error, self.retries + 1)
 
 
+def _rows(ray: Any, results: Any) -> Iterator[dict[str, Any]]:
+    """The result rows as they arrive; an error of Ray itself (an actor that could not start) in one clear line."""
+    try:
+        yield from results.iter_rows()
+    except ray.exceptions.RayError as error:
+        cause = [line for line in str(error).strip().splitlines() if line.strip()]
+        raise ShardsFailedError(
+            f"the Ray workers could not run: {cause[-1] if cause else type(error).__name__}"
+        ) from error
+
+
 def _row(shard: Shard, partial: bytes, error: str, attempts: int) -> dict[str, np.ndarray]:
     return {
         "shard": np.array([shard.index]), "start": np.array([shard.start]), "stop": np.array([shard.stop]),
@@ -109,8 +121,8 @@ def run_on_ray(
     config: Ray,
     model_factory: Callable[[], nn.Module],
     label: str,
-) -> tuple[dict[int, Any], list[ShardFailure]]:
-    """Every shard's partial result by shard index, and the shards that failed on every attempt."""
+) -> tuple[dict[int, Any], list[ShardFailure], list[int]]:
+    """Every shard's partial result by shard index, the shards that failed on every attempt, those retried."""
     ray = connect(config)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     workers = min(worker_count(config), len(shards))
@@ -137,12 +149,15 @@ def run_on_ray(
         )
         partials: dict[int, Any] = {}
         failures: list[ShardFailure] = []
-        for row in track(results.iter_rows(), label, total=len(shards)):
+        retried: list[int] = []
+        for row in track(_rows(ray, results), label, total=len(shards)):
             index, start, stop = int(row["shard"]), int(row["start"]), int(row["stop"])
             if row["error"]:
                 failures.append(ShardFailure(index, start, stop, str(row["error"]), int(row["attempts"])))
             else:
-                partials[index] = pickle.loads(row["partial"])
+                partials[index] = pickle.loads(row["partial"])  # written by deepscope's own worker, above
+                if int(row["attempts"]) > 1:
+                    retried.append(index)
     finally:
         context.enable_progress_bars = bars
-    return partials, failures
+    return partials, failures, retried

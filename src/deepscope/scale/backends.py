@@ -20,6 +20,7 @@ from torch import nn
 
 from deepscope._data import dataset_size
 from deepscope._progress import track
+from deepscope.errors import ShardsFailedError
 from deepscope.scale._shards import Shard, plan, sized, view
 
 __all__ = ["Coverage", "Ray", "ShardFailure", "resolve", "run_shards", "run_whole"]
@@ -93,6 +94,7 @@ class Coverage:
     backend: str = "local"
     shards: int = 1
     failed: tuple[ShardFailure, ...] = ()
+    retried: tuple[int, ...] = ()  # shards that raised and then succeeded on a further attempt
 
     @property
     def complete(self) -> bool:
@@ -114,8 +116,9 @@ class Coverage:
     def summary(self) -> str:
         """One line: how many items and shards, and which failed."""
         where = f"{self.items} items in {self.shards} shard{'s' * (self.shards != 1)} on {self.backend}"
+        again = f" ({len(self.retried)} after a retry)" if self.retried else ""
         if not self.failed:
-            return f"{where}: all covered"
+            return f"{where}: all covered{again}"
         failures = "; ".join(
             f"shard {f.shard} (items {f.start}–{f.stop - 1}) after {f.attempts} attempts: {f.error}"
             for f in self.failed
@@ -153,19 +156,17 @@ def run_shards(
     if backend is None:
         done = [(shard, work(model, view(data, shard), shard)) for shard in track(shards, label, total=len(shards))]
         return done, Coverage(size, "local", len(shards))
-    if model_factory is None:
-        raise ValueError(
-            "backend='ray' builds the model on each worker: pass model_factory=, a function (importable by the "
-            "workers) that returns the architecture; deepscope sends it the model's weights, never a pickled model"
-        )
+    _check_factory(model_factory)
     from deepscope.scale._ray import run_on_ray  # Ray is an optional extra, loaded only here
 
-    partials, failures = run_on_ray(work, model, data, shards, backend, model_factory, label)
+    partials, failures, retried = run_on_ray(work, model, data, shards, backend, model_factory, label)
     by_index = {shard.index: shard for shard in shards}
     done = [(by_index[i], partials[i]) for i in sorted(partials)]
-    coverage = Coverage(size, "ray", len(shards), tuple(sorted(failures, key=lambda f: f.shard)))
+    coverage = Coverage(
+        size, "ray", len(shards), tuple(sorted(failures, key=lambda f: f.shard)), tuple(sorted(retried))
+    )
     if not done:
-        raise RuntimeError(f"every shard failed on Ray: {coverage.summary()}")
+        raise ShardsFailedError(f"every shard failed on Ray: {coverage.summary()}")
     return done, coverage
 
 
@@ -188,9 +189,23 @@ def run_whole(
     if config is None:
         size = dataset_size(data) or 0
         return [work(model, data, Shard(0, 0, size))], Coverage(size)
+    _check_factory(model_factory)
     from deepscope.scale._ray import worker_count
 
     size = sized(data)
     shards = plan(size, max(minimum, -(-size // (worker_count(config) * config.shards_per_worker))))
     done, coverage = run_shards(work, model, data, shards, backend=config, model_factory=model_factory, label=label)
     return [result for _, result in done], coverage
+
+
+def _check_factory(model_factory: Callable[[], nn.Module] | None) -> None:
+    if model_factory is None:
+        raise ValueError(
+            "backend='ray' builds the model on each worker: pass model_factory=, a function (importable by the "
+            "workers) that returns the architecture; deepscope sends it the model's weights, never a pickled model"
+        )
+    if isinstance(model_factory, nn.Module) or not callable(model_factory):
+        raise TypeError(
+            f"model_factory must be a function returning the model, got {type(model_factory).__name__}: pass the "
+            "class or a function that builds it (e.g. functools.partial(make_net, width=64)), not the model"
+        )

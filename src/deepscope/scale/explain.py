@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope._data import batches, labelled_batches
+from deepscope._explanation_files import MANIFEST, SUMMARY, scaled_magnitude, shard_file
 from deepscope.attribution import ATTRIBUTIONS, explain
 from deepscope.layers import LayerSpec, resolve_layer
 from deepscope.repro import library_versions
@@ -36,8 +37,6 @@ from deepscope.scale.backends import Coverage, Ray, ShardFailure, resolve, run_s
 
 __all__ = ["DatasetExplanation", "ShardFile", "explain_dataset", "open_explanations"]
 
-MANIFEST = "explanations.json"
-SUMMARY = "summary.npz"
 _FORMAT = 1
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -66,6 +65,7 @@ class DatasetExplanation:
         shards: the shard files, in data order.
         class_means: explained class → the mean of its items' maps, each ``|m|`` min–max scaled first, ``(H, W)``.
         class_counts: explained class → items.
+        seconds: the run's wall time (Ray's start included).
     """
 
     path: Path
@@ -81,6 +81,7 @@ class DatasetExplanation:
     class_means: dict[int, np.ndarray] = field(default_factory=dict)
     class_counts: dict[int, int] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0  # how long the run took, Ray's start included
 
     def maps(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
         """The maps of the items at ``positions`` (in that order), read from the shards that hold them.
@@ -107,6 +108,26 @@ class DatasetExplanation:
         for shard in self.shards:
             with np.load(self.path / shard.file) as arrays:
                 yield {name: arrays[name] for name in arrays.files}
+
+    def record(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        data: Any = None,
+        class_names: Sequence[str] | None = None,
+        examples: int = 4,
+        name: str = "explanations",
+        overwrite: bool = False,
+    ) -> Path:
+        """Store the summary in a run for the report and the dashboard (the shards stay where they are).
+
+        ``data`` (the explained data) adds ``examples`` inputs per explained class with their maps.
+        """
+        from deepscope.scale._record import record_explanations
+
+        return record_explanations(
+            self, Path(run_dir), data=data, class_names=class_names, examples=examples, name=name, overwrite=overwrite
+        )
 
     def column(self, name: str) -> np.ndarray:
         """``positions``, ``targets`` or ``scores`` of every covered item, in data order (the maps stay on disk)."""
@@ -182,7 +203,7 @@ def explain_dataset(
     )  # fmt: skip
     files, sums, counts, first = [], {}, {}, None
     for shard, result in done:
-        name = f"shard-{shard.index:05d}.npz"
+        name = shard_file(shard.index)
         (folder / name).write_bytes(result.payload)
         files.append(ShardFile(shard.index, shard.start, shard.stop, name, len(result.payload)))
         first = first or result
@@ -198,6 +219,7 @@ def explain_dataset(
         "batch_size": batch_size, "shard_size": shard_size, "seed": seed, "backend": coverage.backend,
         "seconds": round(time.time() - started, 3),
         "shards": [_fields(f) for f in files], "failed": [_fields(f) for f in coverage.failed],
+        "retried": list(coverage.retried),
         "versions": library_versions(),
     }  # fmt: skip
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -213,7 +235,8 @@ def open_explanations(path: str | os.PathLike[str]) -> DatasetExplanation:
     if manifest.get("format") != _FORMAT:
         raise ValueError(f"{folder / MANIFEST} has format {manifest.get('format')!r}; this deepscope reads {_FORMAT}")
     failed = tuple(ShardFailure(**f) for f in manifest["failed"])
-    coverage = Coverage(manifest["items"], manifest["backend"], len(manifest["shards"]) + len(failed), failed)
+    shards = len(manifest["shards"]) + len(failed)
+    coverage = Coverage(manifest["items"], manifest["backend"], shards, failed, tuple(manifest.get("retried", ())))
     means, counts = {}, {}
     with np.load(folder / SUMMARY) as summary:
         for cls, count, mean in zip(summary["classes"], summary["counts"], summary["means"], strict=True):
@@ -221,7 +244,7 @@ def open_explanations(path: str | os.PathLike[str]) -> DatasetExplanation:
     return DatasetExplanation(
         folder, manifest["method"], manifest["layer"], manifest["target"], manifest["params"], manifest["items"],
         coverage, tuple(manifest["map_shape"]), manifest["dtype"], tuple(ShardFile(**s) for s in manifest["shards"]),
-        means, counts, manifest["versions"],
+        means, counts, manifest["versions"], manifest["seconds"],
     )  # fmt: skip
 
 
@@ -266,14 +289,19 @@ def _explain_work(model: nn.Module, items: Any, shard: Shard, *, settings: _Sett
         count = inputs.shape[0]
         wanted = _batch_target(settings.targets, labels, position, count)
         result = explain(model, inputs, settings.method, target=wanted, layer=settings.layer, **params)
-        stored = result.maps.cpu().numpy().astype(_DTYPES[settings.dtype])
-        if not np.isfinite(stored).all() and np.isfinite(result.maps.cpu().numpy()).all():
-            raise ValueError(f"maps of items {position}–{position + count - 1} overflow {settings.dtype}: use float32")
+        computed = result.maps.cpu().numpy()
+        largest = float(np.abs(computed).max(initial=0.0, where=np.isfinite(computed)))
+        if largest > float(np.finfo(_DTYPES[settings.dtype]).max):
+            raise ValueError(
+                f"maps of items {position}–{position + count - 1} reach {largest:.3g}: they overflow {settings.dtype}, "
+                "use float32"
+            )
+        stored = computed.astype(_DTYPES[settings.dtype])
         explained = _explained(result.target, count)
         maps.append(stored)
         targets.append(explained)
         scores.append(result.scores.cpu().numpy().astype(np.float32))
-        scaled = _scaled(result.spatial().detach().cpu().double())
+        scaled = torch.from_numpy(scaled_magnitude(result.spatial().detach().cpu().numpy()))
         for cls in np.unique(explained):
             rows = torch.as_tensor(np.flatnonzero(explained == cls))
             sums[int(cls)] = sums.get(int(cls), 0) + scaled[rows].sum(0).numpy()
@@ -333,13 +361,6 @@ def _explained(target: Any, count: int) -> np.ndarray:
     return np.full(count, -1, np.int64)
 
 
-def _scaled(maps: Tensor) -> Tensor:
-    """Each ``(H, W)`` map's ``|m|`` min–max scaled to [0, 1]: one scale for offset maps (RISE's) and signed ones."""
-    magnitude = maps.abs().flatten(1)
-    low, high = magnitude.amin(1, keepdim=True), magnitude.amax(1, keepdim=True)
-    return ((magnitude - low) / (high - low).clamp_min(1e-30)).view_as(maps)
-
-
 def _parameters(method: str) -> set[str]:
     import inspect
 
@@ -370,6 +391,8 @@ def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
     """The method's parameters as JSON: numbers, strings and lists as they are, anything else by its repr."""
     safe = {}
     for key, value in params.items():
+        if isinstance(value, torch.Generator):  # each shard's own, drawn from seed=: the manifest's "seed" says it
+            continue
         if isinstance(value, (bool, int, float, str, type(None))):
             safe[key] = value
         elif isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):

@@ -25,6 +25,7 @@ PANEL_MODULES = (
     "representation",
     "attributions",
     "evaluation",
+    "explanations",
     "findings",
     "layers",
     "featurevis",
