@@ -8,7 +8,7 @@ import runpy
 import sys
 from pathlib import Path
 
-ARGS = {"bench_attribution.py": ["--quick"]}
+ARGS = {"bench_attribution.py": ["--quick"], "bench_scale.py": ["--quick"]}
 
 for script in sorted(Path(__file__).parent.glob("bench_*.py")):
     args = ARGS.get(script.name, [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -127,7 +128,9 @@ def run_on_ray(
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     workers = min(worker_count(config), len(shards))
     rows = [{"shard": s.index, "start": s.start, "stop": s.stop} for s in shards]
-    context = ray.data.DataContext.get_current()
+    with warnings.catch_warnings():  # Ray Data's first context warns about its own deprecated settings
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
+        context = ray.data.DataContext.get_current()
     bars = context.enable_progress_bars
     context.enable_progress_bars = False  # deepscope's own bar counts the shards
     try:
