@@ -38,7 +38,7 @@ from deepscope.scale.backends import Coverage, Ray, resolve, run_whole
 __all__ = ["ActivationStats", "ChannelStats", "TopActivations", "activations", "top_activations"]
 
 _SATURATION_MARGIN = 0.01  # share of a bounded activation's range counted as "at the bound"
-_HISTOGRAM_SAMPLE = 1 << 15  # about how many values of each batch the histogram counts (whole inputs, evenly spaced)
+_HISTOGRAM_SAMPLE = 1 << 15  # about how many values of the first batch the histogram counts (whole inputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,11 @@ class ChannelStats:
 
     ``saturation`` is NaN for unbounded activations. ``histogram`` counts the layer's values in
     ``bins`` equal buckets between ``edges[0]`` and ``edges[-1]`` (the range of the first batch,
-    widened by half on each side) on evenly spaced whole inputs of each batch, about 32,768 values
-    per batch (every value for smaller outputs; ``sampled`` says how many); ``below`` and ``above``
-    count the sampled values outside the range, so nothing is dropped unseen. Everything else is exact.
+    widened by half on each side) on every ``stride``-th input of the data by position (the stride
+    set from the first batch so that a batch gives about 32,768 values; every value for smaller
+    outputs; ``sampled`` says how many), so batches and shards count the same inputs; ``below`` and
+    ``above`` count the sampled values outside the range, so nothing is dropped unseen. Everything
+    else is exact.
     """
 
     layer: str
