@@ -188,8 +188,9 @@ def test_class_means_are_drawn_on_one_scale(reader):
     assert [(c["class"], c["label"], c["count"]) for c in answer["classes"]] == [
         (0, CLASS_NAMES[0], 3), (1, CLASS_NAMES[1], 2), (2, CLASS_NAMES[2], 1),
     ]  # fmt: skip
-    for tile, mean in zip(answer["classes"], means, strict=True):  # [0, 1] as stored, never rescaled per class
-        np.testing.assert_allclose(_decode(tile["mean"]), _inferno(mean), atol=1 / 255 + 1e-6)
+    assert answer["vmax"] == pytest.approx(float(means.max()))
+    for tile, mean in zip(answer["classes"], means, strict=True):  # one scale, 0 to the largest mean: never per class
+        np.testing.assert_allclose(_decode(tile["mean"]), _inferno(mean / means.max()), atol=1 / 255 + 1e-6)
     with pytest.raises(UnknownNameError, match="unknown dataset explanation 'nope'"):
         classes_impl(reader, name="nope")
 
@@ -370,7 +371,7 @@ def test_maps_of_vector_inputs_are_drawn_as_strips(tmp_path):
         means = reader.tensor(f"{P}/rows/class_means", 0)
         tiles = classes_impl(reader, name="rows")["classes"]
         for tile, mean in zip(tiles, means, strict=True):
-            np.testing.assert_allclose(_decode(tile["mean"]), _inferno(mean[None]), atol=1 / 255 + 1e-6)
+            np.testing.assert_allclose(_decode(tile["mean"]), _inferno(mean[None] / means.max()), atol=1 / 255 + 1e-6)
         answer = item_impl(reader, name="rows", position=4)
     assert answer["shape"] == [12] and answer["overlay"] is None
     np.testing.assert_allclose(_decode(answer["map"]), _inferno(_scaled(maps[4])[None]), atol=1 / 255 + 1e-6)

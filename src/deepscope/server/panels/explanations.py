@@ -127,10 +127,11 @@ def index_impl(reader: RunReader) -> dict[str, Any]:
 
 
 def classes_impl(reader: RunReader, *, name: str) -> dict[str, Any]:
-    """Each explained class's mean map as an image (``inferno`` over [0, 1], shared by every class) and its count.
+    """Each explained class's mean map as an image and its count, on one ``inferno`` scale from 0 to the largest mean.
 
     Returns:
-        ``{"name", "classes": [{class, label, count, mean}]}`` in class order (``-1``: a custom target).
+        ``{"name", "vmax", "classes": [{class, label, count, mean}]}`` in class order (``-1``: a custom target);
+        ``vmax`` is the top of the shared colour scale (the report's figure uses the same).
 
     Raises:
         UnknownNameError: no such explanation in the run (404).
@@ -141,12 +142,13 @@ def classes_impl(reader: RunReader, *, name: str) -> dict[str, Any]:
     counts = reader.tensor(f"{base}/class_counts", 0).astype(np.int64)  # (K,)
     means = reader.tensor(f"{base}/class_means", 0).astype(np.float32)  # (K, H, W) in [0, 1]; (K, L): a strip each
     names = info.get("class_names")
+    top = float(means.max()) if means.size and means.max() > 0 else 1.0  # means of [0, 1] maps sit well below 1
     tiles = [
         {"class": int(c), "label": _class_name(int(c), names), "count": int(n),
-         "mean": image_uri(np.atleast_2d(mean), cmap=MAGNITUDE_CMAP, vmin=0.0, vmax=1.0)}
+         "mean": image_uri(np.atleast_2d(mean), cmap=MAGNITUDE_CMAP, vmin=0.0, vmax=top)}
         for c, n, mean in zip(classes, counts, means, strict=True)
     ]  # fmt: skip
-    return {"name": name, "classes": tiles}
+    return {"name": name, "vmax": top, "classes": tiles}
 
 
 def _overlay_uri(image: np.ndarray, heat: np.ndarray) -> str | None:

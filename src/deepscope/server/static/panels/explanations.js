@@ -62,8 +62,8 @@ export async function render(container, ctx) {
   const controls = el("div", "controls explanations-controls");
   const summary = section("explanations-summary-section", "Summary");
   const classes = section("explanations-classes-section", "Mean map per explained class");
-  classes.append(el("p", "muted", "Each item's map is |m| min–max scaled to [0, 1] before averaging; "
-    + "every class shares one colour scale (inferno, 0 to 1). Click a class for its examples."));
+  const scaleNote = el("p", "muted");
+  classes.append(scaleNote);
   const classTiles = el("div", "explanations-gallery");
   classTiles.id = "explanations-classes";
   classes.append(classTiles);
@@ -162,6 +162,8 @@ export async function render(container, ctx) {
     const answer = await api("explanations/classes", { run: ctx.run, name: state.name });
     if (!fresh()) return;
     classTiles.dataset.name = answer.name;
+    scaleNote.textContent = "Each item's map is |m| min–max scaled to [0, 1] before averaging; every class shares "
+      + `one colour scale (inferno, 0 to ${fmt(answer.vmax)}, the largest mean). Click a class for its examples.`;
     classTiles.replaceChildren(...answer.classes.map((c) => {
       const count = `${c.count} item${c.count === 1 ? "" : "s"}`;
       const node = tile([[c.mean, `mean map of ${c.label}`]], [[c.label, "label"], [count, "count"]], "explanations-class");
