@@ -279,7 +279,7 @@ def test_explain_dataset_protects_folders_and_rejects_bad_settings(shapes_model,
     assert explain_dataset(model, images, "gradcam", out=tmp_path / "maps", overwrite=True).method == "gradcam"
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep me")
-    with pytest.raises(FileExistsError, match="did not write"):
+    with pytest.raises(FileExistsError, match=r"did not write \(thesis.tex\)"):
         explain_dataset(model, images, "saliency", out=tmp_path / "mine", overwrite=True)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
     with pytest.raises(ds.errors.UnknownNameError, match="gradcam"):
@@ -306,3 +306,23 @@ def test_explain_dataset_leaves_the_model_as_it_was(shapes_model, tmp_path):
     finally:
         model.eval()
         model.fc.weight.requires_grad_(True)
+
+
+def test_explain_dataset_writes_each_shard_as_it_is_done(shapes_model, tmp_path):
+    """Maps never pile up in memory: when the third shard raises, the first two are already on disk."""
+    model, data = shapes_model
+
+    class FailsLate(torch.utils.data.Dataset):
+        def __len__(self):
+            return 30
+
+        def __getitem__(self, i):
+            if i == 25:
+                raise OSError("disk gone")
+            return data.images[i]
+
+    with pytest.raises(OSError, match="disk gone"):
+        explain_dataset(model, FailsLate(), "saliency", out=tmp_path / "maps", shard_size=10)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["shard-00000.npz", "shard-00001.npz"]
+    again = explain_dataset(model, data.images[:30], "saliency", out=tmp_path / "maps", shard_size=10, overwrite=True)
+    assert [s.file for s in again.shards] == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]

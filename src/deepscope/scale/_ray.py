@@ -122,8 +122,12 @@ def run_on_ray(
     config: Ray,
     model_factory: Callable[[], nn.Module],
     label: str,
+    keep: Callable[[Shard, Any], Any],
 ) -> tuple[dict[int, Any], list[ShardFailure], list[int]]:
-    """Every shard's partial result by shard index, the shards that failed on every attempt, those retried."""
+    """Each shard's ``keep(shard, partial)`` by shard index, the shards that failed every attempt, those retried.
+
+    ``keep`` runs here as each result arrives, so a shard's maps can be written and dropped at once.
+    """
     ray = connect(config)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     workers = min(worker_count(config), len(shards))
@@ -158,7 +162,8 @@ def run_on_ray(
             if row["error"]:
                 failures.append(ShardFailure(index, start, stop, str(row["error"]), int(row["attempts"])))
             else:
-                partials[index] = pickle.loads(row["partial"])  # written by deepscope's own worker, above
+                shard = Shard(index, start, stop)
+                partials[index] = keep(shard, pickle.loads(row["partial"]))  # pickled by deepscope's worker, above
                 if int(row["attempts"]) > 1:
                     retried.append(index)
     finally:

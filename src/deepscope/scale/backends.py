@@ -146,20 +146,27 @@ def run_shards(
     backend: Ray | None,
     model_factory: Callable[[], nn.Module] | None,
     label: str,
+    keep: Callable[[Shard, Any], Any] | None = None,
 ) -> tuple[list[tuple[Shard, Any]], Coverage]:
     """Run ``work`` on every shard; the partial results in shard order, and what they cover.
 
     Locally the shards run one after the other on ``model`` itself, and an error propagates at
-    once (it is the same on every shard). On Ray, see :class:`Ray`.
+    once (it is the same on every shard). On Ray, see :class:`Ray`. ``keep(shard, partial)``, when
+    given, runs here as each result arrives and its value is kept instead (e.g. a file written and
+    its name), so large results never pile up in memory.
     """
     size = shards[-1].stop if shards else 0
+    kept = keep if keep is not None else (lambda _shard, partial: partial)
     if backend is None:
-        done = [(shard, work(model, view(data, shard), shard)) for shard in track(shards, label, total=len(shards))]
+        done = [
+            (shard, kept(shard, work(model, view(data, shard), shard)))
+            for shard in track(shards, label, total=len(shards))
+        ]
         return done, Coverage(size, "local", len(shards))
     _check_factory(model_factory)
     from deepscope.scale._ray import run_on_ray  # Ray is an optional extra, loaded only here
 
-    partials, failures, retried = run_on_ray(work, model, data, shards, backend, model_factory, label)
+    partials, failures, retried = run_on_ray(work, model, data, shards, backend, model_factory, label, kept)
     by_index = {shard.index: shard for shard in shards}
     done = [(by_index[i], partials[i]) for i in sorted(partials)]
     coverage = Coverage(

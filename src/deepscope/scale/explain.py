@@ -15,10 +15,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope._data import batches, labelled_batches
-from deepscope._explanation_files import MANIFEST, SUMMARY, scaled_magnitude, shard_file
+from deepscope._explanation_files import MANIFEST, SHARD_FILE, SUMMARY, scaled_magnitude, shard_file
 from deepscope.attribution import ATTRIBUTIONS, explain
 from deepscope.layers import LayerSpec, resolve_layer
 from deepscope.repro import library_versions
@@ -199,13 +198,11 @@ def explain_dataset(
     started = time.time()
     done, coverage = run_shards(
         partial(_explain_work, settings=settings), model, data, shards, backend=config, model_factory=model_factory,
-        label="explain dataset",
+        label="explain dataset", keep=partial(_write_shard, folder),
     )  # fmt: skip
     files, sums, counts, first = [], {}, {}, None
-    for shard, result in done:
-        name = shard_file(shard.index)
-        (folder / name).write_bytes(result.payload)
-        files.append(ShardFile(shard.index, shard.start, shard.stop, name, len(result.payload)))
+    for _, (file, result) in done:
+        files.append(file)
         first = first or result
         for cls, total in result.sums.items():
             sums[cls] = sums.get(cls, 0) + total
@@ -316,6 +313,13 @@ def _explain_work(model: nn.Module, items: Any, shard: Shard, *, settings: _Sett
     return _Explained(buffer.getvalue(), sums, counts, tuple(maps[0].shape[1:]), result.layer, result.params)
 
 
+def _write_shard(folder: Path, shard: Shard, result: _Explained) -> tuple[ShardFile, _Explained]:
+    """Write a shard's file as soon as it arrives; keep only its name and its summary, not its maps."""
+    name = shard_file(shard.index)
+    (folder / name).write_bytes(result.payload)
+    return ShardFile(shard.index, shard.start, shard.stop, name, len(result.payload)), replace(result, payload=b"")
+
+
 def _inputs(items: Any, settings: _Settings) -> Iterator[tuple[Tensor, Tensor | None]]:
     if isinstance(settings.targets, str):  # "label": the items' own labels
         yield from labelled_batches(items, settings.batch_size)
@@ -368,14 +372,23 @@ def _parameters(method: str) -> set[str]:
 
 
 def _prepare(folder: Path, overwrite: bool) -> Path:
+    """``folder``, created; with ``overwrite``, emptied of what explain_dataset wrote there (and of nothing else)."""
     if folder.exists() and any(folder.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{folder} is not empty: pass overwrite=True to replace it, or another out=")
-        if not (folder / MANIFEST).is_file():
-            raise FileExistsError(f"{folder} holds files explain_dataset did not write: not replacing them")
-        shutil.rmtree(folder)
+        foreign = [p.name for p in folder.iterdir() if not (p.is_file() and _ours(p.name))]
+        if foreign:
+            raise FileExistsError(
+                f"{folder} holds files explain_dataset did not write ({', '.join(sorted(foreign)[:5])}): not replacing"
+            )
+        for path in folder.iterdir():
+            path.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _ours(name: str) -> bool:
+    return name in (MANIFEST, SUMMARY) or SHARD_FILE.fullmatch(name) is not None
 
 
 def _write_summary(folder: Path, means: dict[int, np.ndarray], counts: dict[int, int]) -> None:
