@@ -13,6 +13,7 @@ import deepscope as ds
 from deepscope.datasets import shapes
 from deepscope.demos.shapes_cnn import ShapesCNN
 from deepscope.scale import Ray, explain_dataset
+from deepscope.scale._ray import connect
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
 ON_RAY = Ray(workers=2)
@@ -20,13 +21,19 @@ ON_RAY = Ray(workers=2)
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A private Ray instance on this machine (or the one already open in this process)."""
+    """The private Ray instance deepscope starts on this machine, 2 CPUs (or the one already open in this process)."""
     started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    connect(Ray(local_cpus=2))
     yield
     if started:
         ray.shutdown()
+
+
+def test_the_private_instance_listens_on_loopback_only(cluster):
+    """Every node address is 127.0.0.1: no process looked for this machine's address through a public DNS server."""
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    assert ray.cluster_resources()["CPU"] == 2
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ from deepscope.errors import ShardsFailedError
 from deepscope.scale._shards import Shard, view
 from deepscope.scale.backends import Ray, ShardFailure, Work
 
-__all__ = ["connect", "run_on_ray", "worker_count"]
+__all__ = ["OFFLINE", "connect", "run_on_ray", "worker_count"]
 
 
 def _ray() -> Any:
@@ -37,13 +38,25 @@ def _ray() -> Any:
     return ray
 
 
+OFFLINE = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage report
+    # a single-node instance: every process takes the loopback address instead of finding this machine's
+    # address by routing towards a public DNS server (8.8.8.8); read when ray is imported and by its processes
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+"""What a private local instance needs in the environment to stay off the network (set unless already set)."""
+
+
 def connect(config: Ray) -> Any:
     """The ``ray`` module, connected: the session already open, else ``ray.init`` as :class:`Ray` describes."""
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if not address and "ray" not in sys.modules:  # a private instance: offline before ray reads the settings
+        for name, value in OFFLINE.items():
+            os.environ.setdefault(name, value)
     ray = _ray()
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report sent from this machine
-    address = config.address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:  # a private instance on this machine: loopback only, no dashboard
