@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from deepscope._explanation_files import class_label
 from deepscope._report_page import Figure, Section, slug
 from deepscope._scale_plots import class_means_figure, examples_figure
 from deepscope._tags import TAGS
@@ -82,7 +83,7 @@ def _figures(reader: RunReader, name: str, info: dict[str, Any], base: Path) -> 
     key = f"{_P}/{name}"
     classes = reader.tensor(f"{key}/classes", 0)
     counts = reader.tensor(f"{key}/class_counts", 0)
-    labels = {int(k): _class_name(int(k), info["class_names"]) for k in classes}
+    labels = {int(k): class_label(int(k), info["class_names"]) for k in classes}
     counted = [f"{labels[int(k)]} · {int(n)}" for k, n in zip(classes, counts, strict=True)]
     means = reader.tensor(f"{key}/class_means", 0)
     if means.ndim == 2:  # (K, L): maps of vector inputs, drawn as one strip per class
@@ -110,9 +111,3 @@ def _figures(reader: RunReader, name: str, info: dict[str, Any], base: Path) -> 
             Figure(png, f"{name}: the first covered items of each explained class; beside each, its map over it.")
         )
     return figures
-
-
-def _class_name(k: int, names: Sequence[str] | None) -> str:
-    if k == -1:
-        return "custom target"
-    return str(names[k]) if names is not None and k < len(names) else f"class {k}"

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from deepscope._attribution_plots import MAGNITUDE_CMAP, _as_rgb, overlay
-from deepscope._explanation_files import MANIFEST, SHARD_FILE, scaled_magnitude
-from deepscope._report_scale import _class_name
+from deepscope._explanation_files import MANIFEST, SHARD_FILE, class_label, scaled_magnitude
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
 from deepscope.server._figures import image_uri, json_floats
@@ -144,7 +143,7 @@ def classes_impl(reader: RunReader, *, name: str) -> dict[str, Any]:
     names = info.get("class_names")
     top = float(means.max()) if means.size and means.max() > 0 else 1.0  # means of [0, 1] maps sit well below 1
     tiles = [
-        {"class": int(c), "label": _class_name(int(c), names), "count": int(n),
+        {"class": int(c), "label": class_label(int(c), names), "count": int(n),
          "mean": image_uri(np.atleast_2d(mean), cmap=MAGNITUDE_CMAP, vmin=0.0, vmax=top)}
         for c, n, mean in zip(classes, counts, means, strict=True)
     ]  # fmt: skip
@@ -179,7 +178,7 @@ def examples_impl(reader: RunReader, *, name: str, cls: int | None = None) -> di
         raise LookupError(f"class {cls} is not explained in {name!r}; explained classes: {valid}")
     names = info.get("class_names")
     classes = [
-        {"class": c, "label": _class_name(c, names), "count": int((targets == c).sum())} for c in sorted(explained)
+        {"class": c, "label": class_label(c, names), "count": int((targets == c).sum())} for c in sorted(explained)
     ]
     rows = np.flatnonzero(targets == cls) if cls is not None else np.arange(len(targets))
     shown = rows[:MAX_EXAMPLES]
@@ -189,7 +188,7 @@ def examples_impl(reader: RunReader, *, name: str, cls: int | None = None) -> di
         maps = reader.tensor(f"{base}/examples/maps", 0)[shown].astype(np.float32)  # (S, H, W) in [0, 1]
         for i, rgb, heat in zip(shown, inputs, maps, strict=True):
             examples.append(
-                {"position": int(positions[i]), "class": int(targets[i]), "label": _class_name(int(targets[i]), names),
+                {"position": int(positions[i]), "class": int(targets[i]), "label": class_label(int(targets[i]), names),
                  "image": image_uri(rgb), "map": image_uri(heat, cmap=MAGNITUDE_CMAP, vmin=0.0, vmax=1.0),
                  "overlay": _overlay_uri(rgb, heat)}
             )  # fmt: skip
@@ -258,7 +257,7 @@ def item_impl(reader: RunReader, *, name: str, position: int) -> dict[str, Any]:
             image, overlaid = image_uri(rgb), _overlay_uri(rgb, heat)
     return {
         "name": name, "position": position, "shard": shard["index"], "file": shard["file"], "class": cls,
-        "label": _class_name(cls, info.get("class_names")), "score": json_floats(score), "shape": list(stored.shape),
+        "label": class_label(cls, info.get("class_names")), "score": json_floats(score), "shape": list(stored.shape),
         "min": json_floats(spatial.min()), "max": json_floats(spatial.max()),
         "map": image_uri(heat, cmap=MAGNITUDE_CMAP, vmin=0.0, vmax=1.0), "image": image, "overlay": overlaid,
     }  # fmt: skip
