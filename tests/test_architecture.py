@@ -23,6 +23,7 @@ LAYERS = {
     "_store_lock": 1,
     "projection": 1,
     "_distributions": 2,
+    "_distribution_summary": 1,
     "_distributed": 1,
     "export": 3,
     "layers": 1,

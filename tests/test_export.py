@@ -9,7 +9,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from deepscope._distributions import split_summary
+from deepscope._distribution_summary import split_summary
 from deepscope.cli import main
 from deepscope.recorder import TAGS, Recorder
 from deepscope.store import RunReader, RunWriter

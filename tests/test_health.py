@@ -184,7 +184,7 @@ def test_a_model_without_sub_modules_records_an_empty_table(tmp_path):
 
 
 def test_histograms_and_quantiles_of_outputs_and_weights(tmp_path, generator):
-    from deepscope._distributions import QUANTILES, split_summary
+    from deepscope._distribution_summary import QUANTILES, split_summary
 
     model = _net()
     x, y = torch.randn(64, 4, generator=generator), torch.rand(64, 3, generator=generator)
@@ -211,7 +211,8 @@ def test_histograms_and_quantiles_of_outputs_and_weights(tmp_path, generator):
 
 
 def test_distribution_summaries_leave_non_finite_values_out():
-    from deepscope._distributions import split_summary, summarise
+    from deepscope._distribution_summary import split_summary
+    from deepscope._distributions import summarise
 
     values = torch.tensor([0.0, 1.0, 2.0, 3.0, float("nan"), float("inf"), -float("inf")])
     summary = split_summary(summarise(values, 3).numpy())

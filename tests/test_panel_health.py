@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from torch import nn
 
 from deepscope._diagnosis import Thresholds
-from deepscope._distributions import QUANTILES, split_summary
+from deepscope._distribution_summary import QUANTILES, split_summary
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
 from deepscope.recorder import Recorder

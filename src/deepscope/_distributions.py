@@ -5,20 +5,18 @@ finite range, a histogram of ``bins`` equal-width buckets over it, and a few qua
 Everything is computed with fixed-shape tensor operations (``scatter_add_``, ``nanquantile``), so
 on a GPU nothing waits for the host: the Recorder moves the summaries to the host with the rest of
 the step's statistics in one transfer. Non-finite values are left out of every part; an input
-without a finite value gives NaN range and quantiles and zero counts.
+without a finite value gives NaN range and quantiles and zero counts. Reading one back:
+:func:`deepscope._distribution_summary.split_summary` (numpy only).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["QUANTILES", "Distribution", "split_summary", "summarise", "summary_size"]
+from deepscope._distribution_summary import QUANTILES
 
-QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
+__all__ = ["QUANTILES", "summarise", "summary_size"]
 
 
 def summary_size(bins: int) -> int:
@@ -42,28 +40,3 @@ def summarise(values: Tensor, bins: int) -> Tensor:
     empty = ~finite.any() if flat.numel() else torch.ones((), dtype=torch.bool, device=flat.device)
     ends = torch.where(empty, torch.full((2,), float("nan"), device=flat.device), torch.stack([low, high]))
     return torch.cat([ends, counts, quantiles])
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """One summary read back from a run: bucket edges ``(bins + 1,)``, counts ``(bins,)`` and quantiles."""
-
-    edges: np.ndarray
-    counts: np.ndarray
-    quantiles: dict[float, float]
-
-    @property
-    def total(self) -> int:
-        """Number of finite values summarised."""
-        return int(self.counts.sum())
-
-
-def split_summary(summary: np.ndarray) -> Distribution | None:
-    """Unpack a stored summary vector; None when it holds no finite value (or is all NaN: not measured)."""
-    bins = len(summary) - 2 - len(QUANTILES)
-    low, high = float(summary[0]), float(summary[1])
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return None
-    counts = np.asarray(summary[2 : 2 + bins], dtype=np.float64)
-    quantiles = dict(zip(QUANTILES, map(float, summary[2 + bins :]), strict=True))
-    return Distribution(np.linspace(low, high, bins + 1), counts, quantiles)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deepscope._distributions import split_summary
+from deepscope._distribution_summary import split_summary
 from deepscope._tags import TAGS
 from deepscope.store import RunReader, find_runs
 

@@ -9,13 +9,13 @@ layers)`` array is cached for a few runs, keyed by the store's change signature.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from deepscope._diagnosis import Thresholds
+from deepscope._distribution_summary import split_summary
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
 from deepscope.report import _HEALTH_PANELS
@@ -217,17 +217,15 @@ def heatmap_impl(reader: RunReader, *, statistic: str, columns: int = DEFAULT_CO
 
 
 def _distribution(summary: np.ndarray, levels: list[float]) -> dict[str, Any] | None:
-    """One stored summary ``[low, high, counts × bins, quantiles]`` (``deepscope._distributions`` needs torch)."""
-    bins = len(summary) - 2 - len(levels)
-    low, high = float(summary[0]), float(summary[1])
-    if bins < 1 or not (math.isfinite(low) and math.isfinite(high)):
-        return None  # not measured (a layer without weights) or no finite value
-    counts = np.asarray(summary[2 : 2 + bins], dtype=np.float64)
+    """One stored summary as JSON; None when not measured (a layer without weights) or without a finite value."""
+    dist = split_summary(summary, levels)
+    if dist is None:
+        return None
     return {
-        "edges": json_floats(np.linspace(low, high, bins + 1)),
-        "counts": json_floats(counts),
-        "total": int(counts.sum()),
-        "quantiles": [[level, json_floats(value)] for level, value in zip(levels, summary[2 + bins :], strict=True)],
+        "edges": json_floats(dist.edges),
+        "counts": json_floats(dist.counts),
+        "total": dist.total,
+        "quantiles": [[level, json_floats(value)] for level, value in dist.quantiles.items()],
     }
 
 
