@@ -107,6 +107,22 @@ def test_tensor_round_trip_inline_and_blob(tmp_path, dtype):
     assert (tmp_path / rows["t/big"]).resolve().is_relative_to((tmp_path / "blobs" / "tensors").resolve())
 
 
+def test_a_blob_tensor_can_be_read_as_a_read_only_memory_map(tmp_path):
+    big = np.arange(3 * 40_000, dtype=np.float16).reshape(3, 40_000)  # 240 kB: a blob
+    small = np.arange(6, dtype=np.int64)  # inline
+    with RunWriter(tmp_path / "run") as w:
+        w.add_tensor("big", 0, big)
+        w.add_tensor("small", 0, small)
+    with RunReader(tmp_path / "run") as r:
+        mapped = r.tensor("big", 0, mmap=True)
+        assert isinstance(mapped, np.memmap) and np.array_equal(mapped[1:2], big[1:2]) and mapped.dtype == big.dtype
+        with pytest.raises(ValueError, match="read-only"):
+            mapped[0, 0] = 1
+        inline = r.tensor("small", 0, mmap=True)
+        assert not isinstance(inline, np.memmap) and np.array_equal(inline, small)
+        assert not isinstance(r.tensor("big", 0), np.memmap)
+
+
 def test_tensors_are_copied_on_add_and_listed_in_step_order(tmp_path):
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
     big = np.ones(1000, dtype=np.float64)

@@ -313,16 +313,20 @@ class RunReader(RunLocation):
             raise UnknownNameError("tensor tag", tag, self.tensor_tags())
         return steps.astype(np.int64)
 
-    def _load(self, dtype: str, shape: str, data: bytes | None, blob: str | None) -> np.ndarray:
+    def _load(self, dtype: str, shape: str, data: bytes | None, blob: str | None, mmap: bool = False) -> np.ndarray:
         if blob is not None:
             path = self._run_dir / blob
             if not path.is_file():
                 raise FileNotFoundError(f"tensor blob {path} referenced by {self._path} is missing")
-            return np.load(path, allow_pickle=False)
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         return decode_inline(dtype, shape, data)
 
-    def tensor(self, tag: str, step: int) -> np.ndarray:
-        """The array stored for ``tag`` at ``step`` (the last one if it was stored twice)."""
+    def tensor(self, tag: str, step: int, *, mmap: bool = False) -> np.ndarray:
+        """The array stored for ``tag`` at ``step`` (the last one if it was stored twice).
+
+        ``mmap=True``: a large array (stored as a blob) comes back as a read-only memory map, so reading a few
+        rows of it does not read the whole file; a small one (stored inline) is read as usual.
+        """
         rows = self._query(
             "SELECT dtype, shape, data, blob FROM tensors WHERE tag = ? AND step = ? ORDER BY rowid DESC LIMIT 1",
             (tag, operator.index(step)),
@@ -334,7 +338,7 @@ class RunReader(RunLocation):
                 f"tensor tag {tag!r} has no step {step}; nearest stored steps: {', '.join(map(str, sorted(near)))} "
                 f"({len(steps)} steps from {steps[0]} to {steps[-1]})"
             )
-        return self._load(*rows[0])
+        return self._load(*rows[0], mmap=mmap)
 
     def tensors(self, tag: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """Every array of ``tag``: ``(steps, arrays)`` in step order."""

@@ -198,7 +198,7 @@ def _with_images(reader: RunReader, examples: list[dict[str, Any]]) -> list[dict
         source, row = example["source"], example.pop("_row")
         if source not in loaded:
             loaded[source] = [
-                reader.tensor(f"{_P}/{part}", 0) if part and f"{_P}/{part}" in tags else None  # float16
+                reader.tensor(f"{_P}/{part}", 0, mmap=True) if part and f"{_P}/{part}" in tags else None  # float16
                 for part in parts[source]
             ]
         inputs, maps = loaded[source]
