@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from conftest import build_tiny_cnn
-from deepscope._attribution_plots import _as_rgb, overlay
+from deepscope._attribution_plots import as_rgb, overlay
 from deepscope._tags import TAGS
 from deepscope.attribution import compare
 from deepscope.errors import UnknownNameError
@@ -110,7 +110,7 @@ def test_index_matches_the_store(tour_root):
 def test_gallery_shows_the_reports_overlays_and_scores(tour_root, method):
     with _read(tour_root, METHODS_RUN) as reader:
         meta = reader.meta()
-        images = _as_rgb(reader.tensor(f"{P}/images", 0))
+        images = as_rgb(reader.tensor(f"{P}/images", 0))
         maps = reader.tensor(f"{P}/{method}/maps", 0).astype(np.float32)
         stored = {k: reader.tensor(f"{P}/{method}/{k}", 0) for k in ("deletion_auc", "insertion_auc", "pointing_game",
                                                                         "energy_in_mask")}  # fmt: skip

@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient
 
-from deepscope._attribution_plots import _as_rgb
+from deepscope._attribution_plots import as_rgb
 from deepscope.evaluation import evaluate
 from deepscope.report import build_report
 from deepscope.server import create_app
@@ -125,7 +125,7 @@ def _cell_rows(meta, t, p):
 def _thumb_matches(uri, inputs, row):
     """The thumbnail is the stored input of that row (min-max scaled to 8 bits)."""
     thumb = _png(uri)
-    expected = np.round(_as_rgb(inputs[row : row + 1].astype(np.float32))[0] * 255)
+    expected = np.round(as_rgb(inputs[row : row + 1].astype(np.float32))[0] * 255)
     return thumb.shape == (64, 64, 3) and np.abs(thumb.astype(float) - expected).max() <= 1
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 from matplotlib import colormaps
 
-from deepscope._attribution_plots import _as_rgb, overlay
+from deepscope._attribution_plots import as_rgb, overlay
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
 from deepscope.server import create_app
@@ -203,7 +203,7 @@ def test_examples_and_their_class_filter(reader, explained):
     assert everything["classes"][0]["label"] == CLASS_NAMES[0]
     for example in everything["examples"]:
         p = example["position"]
-        rgb, heat = _as_rgb(arrays["inputs"][p : p + 1])[0], _scaled(arrays["maps"][p])
+        rgb, heat = as_rgb(arrays["inputs"][p : p + 1])[0], _scaled(arrays["maps"][p])
         assert example["class"] == arrays["targets"][p] and example["label"] == CLASS_NAMES[arrays["targets"][p]]
         np.testing.assert_allclose(_decode(example["image"]), rgb, atol=1 / 255 + 1e-6)
         np.testing.assert_allclose(_decode(example["map"]), _inferno(heat), atol=1 / 255 + 1e-6)

@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from deepscope import plots
-from deepscope._layer_plots import _tile
+from deepscope._layer_plots import scaled_tile
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
 from deepscope.projection import project_frames
@@ -200,7 +200,7 @@ def test_evolution_tiles_match_store(tour_root):
         for key, source, signed in (("patch", patches, False), ("projection", projections, True)):
             png = _png(answer["tiles"][i][key])
             assert png.shape[:2] == patches.shape[-2:]
-            tile = _tile(source[i], inside, signed=signed)
+            tile = scaled_tile(source[i], inside, signed=signed)
             np.testing.assert_allclose(png[..., 0], tile, atol=2 / 255)  # the colour map's 8-bit bins
 
 

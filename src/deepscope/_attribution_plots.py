@@ -15,7 +15,7 @@ import numpy as np
 
 from deepscope._media import _figure, _save_figure
 
-__all__ = ["MapRow", "SanityCurve", "attribution_grid", "map_strip_png", "overlay", "sanity_curves"]
+__all__ = ["MapRow", "SanityCurve", "as_rgb", "attribution_grid", "map_strip_png", "overlay", "sanity_curves"]
 
 MAGNITUDE_CMAP = "inferno"
 SIGNED_CMAP = "RdBu_r"
@@ -39,7 +39,7 @@ class MapRow:
     notes: Sequence[str] = field(default=())
 
 
-def _as_rgb(images: np.ndarray) -> np.ndarray:
+def as_rgb(images: np.ndarray) -> np.ndarray:
     """``(N, H, W, 3)`` or ``(N, 3, H, W)`` or grey ``(N, H, W)`` → ``(N, H, W, 3)`` float in [0, 1]."""
     arr = np.asarray(images, dtype=np.float64)
     if arr.ndim == 3:
@@ -62,7 +62,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, signed: bool = False, alpha:
     """
     from matplotlib import colormaps
 
-    rgb = _as_rgb(np.asarray(image)[None])[0]
+    rgb = as_rgb(np.asarray(image)[None])[0]
     heat = np.asarray(heat, dtype=np.float64)
     if heat.shape != rgb.shape[:2]:
         raise ValueError(f"map of shape {heat.shape} does not match the image's {rgb.shape[:2]}")
@@ -97,7 +97,7 @@ def attribution_grid(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    rgb = _as_rgb(images)
+    rgb = as_rgb(images)
     n = rgb.shape[0]
     if not rows:
         raise ValueError("attribution_grid needs at least one row of maps")

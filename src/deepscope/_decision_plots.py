@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["decision_animation", "decision_snapshots"]
+__all__ = ["decision_animation", "decision_snapshots", "probability_cmap"]
 
 
-def _probability_cmap() -> tuple[Any, Any]:
+def probability_cmap() -> tuple[Any, Any]:
     """Binned PuOr (orange = class 0, purple = class 1), lightened so that markers stay visible."""
     from matplotlib import colormaps
     from matplotlib.colors import BoundaryNorm, ListedColormap
@@ -67,7 +67,7 @@ def _decision_panel(
 ) -> tuple[Any, Any, list[Any]]:
     from matplotlib.collections import LineCollection
 
-    cmap, norm = _probability_cmap()
+    cmap, norm = probability_cmap()
     gy, gx = probs0.shape
     dx, dy = (extent[1] - extent[0]) / (gx - 1), (extent[3] - extent[2]) / (gy - 1)
     image = ax.imshow(
@@ -124,7 +124,7 @@ def _decision_legend(fig: Figure, names: Sequence[str]) -> None:
 def _decision_colorbar(fig: Figure, axes: Any, names: Sequence[str]) -> None:
     from matplotlib.cm import ScalarMappable
 
-    cmap, norm = _probability_cmap()
+    cmap, norm = probability_cmap()
     bar = fig.colorbar(
         ScalarMappable(norm=norm, cmap=cmap),
         ax=axes,
@@ -203,7 +203,7 @@ def decision_animation(
 
     keys = [
         *dict.fromkeys(class_color(k) for k in range(len(names))),
-        *_probability_cmap()[0].colors,
+        *probability_cmap()[0].colors,
     ]  # every colour band stays exact
     return _animate(fig, canvas, animated, update, n_frames, out_base, fmts, fps, keys)
 

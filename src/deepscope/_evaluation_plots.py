@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from deepscope._attribution_plots import _as_rgb, overlay
+from deepscope._attribution_plots import as_rgb, overlay
 from deepscope._media import _figure, _save_figure
 from deepscope._plot_style import CORRECT_COLOR, WRONG_COLOR, class_color, class_marker
 
@@ -140,7 +140,7 @@ def error_gallery(
     rows = -(-count // columns)
     fig, canvas = _figure(125 * columns * per + 20, 150 * rows + 40)
     grid = fig.subplots(rows, columns * per, squeeze=False)
-    rgb = _as_rgb(np.asarray(inputs, np.float32))
+    rgb = as_rgb(np.asarray(inputs, np.float32))
     for ax in grid.flat:
         ax.axis("off")
     for i in range(count):

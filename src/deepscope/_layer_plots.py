@@ -20,6 +20,7 @@ __all__ = [
     "filter_grid",
     "invariance_figure",
     "occlusion_figure",
+    "scaled_tile",
     "top_activation_grid",
 ]
 
@@ -116,7 +117,7 @@ def top_activation_grid(
             x0 = left + s_index * (panel_w + 6)
             for r in range(k):
                 y, x = top + (r // columns) * (h + gap), x0 + (r % columns) * (w + gap)
-                tile = _tile(np.asarray(tiles[r]), np.asarray(inside[b, r]), signed=signed)
+                tile = scaled_tile(np.asarray(tiles[r]), np.asarray(inside[b, r]), signed=signed)
                 mosaic[y : y + h, x : x + w] = tile if tile.ndim == 3 else tile[..., None]
         labels.append((left, top - 3, f"ch {channels[b]}: " + ", ".join(f"{v:.2g}" for v in scores[b, :columns])))
     scale = 2 if mosaic.shape[1] < 600 else 1
@@ -166,7 +167,7 @@ def feature_map_grid(maps: np.ndarray, out_png: Path, *, title: str = "Feature m
     return _save_figure(fig, canvas, Path(out_png))
 
 
-def _tile(values: np.ndarray, inside: np.ndarray, *, signed: bool) -> np.ndarray:
+def scaled_tile(values: np.ndarray, inside: np.ndarray, *, signed: bool) -> np.ndarray:
     """One patch or projection as an image in [0, 1]: RGB for 3 channels, grey otherwise; outside the image in grey."""
     v = values.transpose(1, 2, 0) if values.shape[0] in (1, 3) else values[:1].transpose(1, 2, 0)
     if signed:  # a projection: symmetric scale around 0 at the 99th percentile of |v|, so its sign and shape show
@@ -224,7 +225,7 @@ def occlusion_figure(
     fig.colorbar(shown, ax=axes[1], shrink=0.7, label="total activation")
     axes[1].set_title(f"(b) {layer} map {channel}:\ntotal activation per square position", fontsize=8)
     axes[2].imshow(
-        _tile(np.asarray(projection), np.ones((height, width), dtype=bool), signed=True), interpolation="nearest"
+        scaled_tile(np.asarray(projection), np.ones((height, width), dtype=bool), signed=True), interpolation="nearest"
     )
     axes[2].set_title(f"(c) map {channel}'s strongest unit,\nDeconvNet projection", fontsize=8)
     shown = axes[3].imshow(probability, cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
@@ -324,7 +325,7 @@ def evolution_strip(
         for s in range(n_steps):
             x, y = label + s * (w + gap), r * (2 * h + gap + 6)
             for offset, source, signed in ((0, q, True), (h + gap, p, False)):
-                tile = _tile(source[s, r], everywhere, signed=signed)
+                tile = scaled_tile(source[s, r], everywhere, signed=signed)
                 mosaic[y + offset : y + offset + h, x : x + w] = tile if tile.ndim == 3 else tile[..., None]
     scale = max(1, 720 // mosaic.shape[1])
     height = mosaic.shape[0] * scale + 130

@@ -17,7 +17,7 @@ from deepscope._tags import TAGS
 from deepscope.footprint import CPU_W_PER_THREAD, estimate
 from deepscope.store import RunReader
 
-__all__ = ["attribution_sections"]
+__all__ = ["METRIC_HELP", "attribution_notes", "attribution_sections", "cpu_power"]
 
 
 def attribution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Section]:
@@ -31,7 +31,7 @@ def attribution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Se
         rows = []
         for method in methods:
             maps = reader.tensor(f"{TAGS.ATTRIBUTION}/{method}/maps", 0).astype(np.float32)
-            notes = _attribution_notes(reader, method, maps.shape[0])
+            notes = attribution_notes(reader, method, maps.shape[0])
             rows.append(
                 plots.MapRow(method, maps, signed=bool(meta.get(f"{TAGS.ATTRIBUTION}/{method}/signed")), notes=notes)
             )
@@ -55,7 +55,7 @@ def attribution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Se
         ]
         cells = [tuple(columns)] + [tuple(cell(row.get(c)) for c in columns) for row in table]
         if "seconds" in columns:  # what the explanations themselves cost
-            power = _cpu_power(meta)
+            power = cpu_power(meta)
             cells = [(*cells[0], "energy (Wh, estimated)")] + [
                 (*cells[i + 1], cell(1000 * estimate(float(row["seconds"]), power_w=power).energy_kwh))
                 for i, row in enumerate(table)
@@ -69,10 +69,10 @@ def attribution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Se
                     "Each row is one explanation method, each column one input; maps are scaled per image "
                     "(non-negative maps min–max on inferno; signed maps blue < 0 < red, clipped at the 99th "
                     "percentile of |map|, transparent where 0).",
-                    "Which map to trust: " + "; ".join(_METRIC_HELP[c] for c in columns if c in _METRIC_HELP) + ".",
+                    "Which map to trust: " + "; ".join(METRIC_HELP[c] for c in columns if c in METRIC_HELP) + ".",
                     *(
                         [
-                            f"The energy column estimates each method's cost: its seconds × {_cpu_power(meta):g} W "
+                            f"The energy column estimates each method's cost: its seconds × {cpu_power(meta):g} W "
                             f"({CPU_W_PER_THREAD:g} W per busy CPU thread, deepscope.footprint.estimate)."
                         ]
                         if "seconds" in columns
@@ -87,7 +87,7 @@ def attribution_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Se
     return sections
 
 
-_METRIC_HELP = {
+METRIC_HELP = {
     "deletion_auc": "deletion AUC (lower is better) measures how fast the class probability falls when the map's "
     "top pixels are removed first",
     "insertion_auc": "insertion AUC (higher is better) how fast it recovers when they are pasted onto a blurred image",
@@ -116,7 +116,7 @@ def _sanity_figure(reader: RunReader, methods: Sequence[str], out_png: Path) -> 
     return Figure(path, "Sanity check (Adebayo et al. 2018): similarity of each map to the intact model's map.")
 
 
-def _attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
+def attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
     tags = set(reader.tensor_tags())
     parts: list[list[str]] = [[] for _ in range(n)]
     for metric, short in (("deletion_auc", "del"), ("insertion_auc", "ins")):
@@ -131,7 +131,7 @@ def _attribution_notes(reader: RunReader, method: str, n: int) -> list[str]:
     return [" · ".join(p) for p in parts]
 
 
-def _cpu_power(meta: dict) -> float:
+def cpu_power(meta: dict) -> float:
     """Watts of the run's busy CPU threads (as recorded when it was created; 1 thread if unknown)."""
     env = meta.get(TAGS.ENVIRONMENT) or {}
     threads = (env.get("torch") or {}).get("threads") or 1

@@ -18,7 +18,7 @@ from deepscope._report_page import Figure, Section, runs_holding
 from deepscope._tags import TAGS
 from deepscope.store import RunReader
 
-__all__ = ["evaluation_sections"]
+__all__ = ["evaluation_sections", "interval_text", "row_interval_text"]
 
 _P = TAGS.EVALUATION
 _METRICS = ("precision", "recall", "specificity", "f1")
@@ -38,7 +38,7 @@ def evaluation_sections(readers: Sequence[RunReader], fig_dir: Path) -> list[Sec
     return sections
 
 
-def _interval(summary: dict[str, Any], key: str) -> str:
+def interval_text(summary: dict[str, Any], key: str) -> str:
     return f"{cell(summary.get(key))} [{cell(summary.get(f'{key}_low'))}, {cell(summary.get(f'{key}_high'))}]"
 
 
@@ -75,11 +75,14 @@ def _metrics_section(reader: RunReader, meta: dict, names: list[str], fig_dir: P
         )  # fmt: skip
         figures.append(Figure(png, "Clusters of crosses are groups of errors the features do not separate."))
     header = ("class", "support", *_METRICS)
-    table = (header, *[(str(r["class"]), str(r["support"]), *(_row_interval(r, k) for k in _METRICS)) for r in rows])
+    table = (
+        header,
+        *[(str(r["class"]), str(r["support"]), *(row_interval_text(r, k) for k in _METRICS)) for r in rows],
+    )
     paragraphs = [
         f"Data: {meta.get(f'{_P}/description') or 'the given examples'} ({s['examples']} examples). Accuracy "
-        f"{_interval(s, 'accuracy')} against a majority-class baseline of {cell(s['majority_baseline'])}; balanced "
-        f"accuracy (mean recall over the classes) {_interval(s, 'balanced_accuracy')}; {level:.0%} bootstrap "
+        f"{interval_text(s, 'accuracy')} against a majority-class baseline of {cell(s['majority_baseline'])}; balanced "
+        f"accuracy (mean recall over the classes) {interval_text(s, 'balanced_accuracy')}; {level:.0%} bootstrap "
         f"intervals. Expected calibration error {cell(s['ece'])}.",
     ]
     if s["accuracy"] <= s["majority_baseline"]:
@@ -89,7 +92,7 @@ def _metrics_section(reader: RunReader, meta: dict, names: list[str], fig_dir: P
     return Section(f"evaluation-{name}", f"Evaluation ({reader.info.name})", tuple(paragraphs), tuple(figures), table)
 
 
-def _row_interval(row: dict[str, Any], key: str) -> str:
+def row_interval_text(row: dict[str, Any], key: str) -> str:
     return f"{cell(row[key])} [{cell(row[f'{key}_low'])}, {cell(row[f'{key}_high'])}]"
 
 

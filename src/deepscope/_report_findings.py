@@ -15,7 +15,7 @@ from deepscope._report_page import Figure, Section, slug
 from deepscope._tags import TAGS
 from deepscope.store import RunReader
 
-__all__ = ["findings_section"]
+__all__ = ["finding_steps", "findings_section"]
 
 _HEADER = ("severity", "run", "check", "finding", "steps", "evidence", "try next")
 
@@ -39,7 +39,7 @@ def findings_section(readers: Sequence[RunReader], fig_dir: Path) -> Section | N
                     name,
                     finding.check,
                     finding.title,
-                    _steps(finding),
+                    finding_steps(finding),
                     _evidence(finding),
                     finding.actions[0] if finding.actions else "",
                 )
@@ -63,7 +63,7 @@ def findings_section(readers: Sequence[RunReader], fig_dir: Path) -> Section | N
     )
 
 
-def _steps(finding: Finding) -> str:
+def finding_steps(finding: Finding) -> str:
     if finding.step_start is None:
         return ""
     return f"{finding.step_start}–{finding.step_end}" if finding.step_end is not None else str(finding.step_start)

@@ -19,7 +19,7 @@ from deepscope._tags import TAGS
 from deepscope.footprint import Footprint
 from deepscope.store import RunReader
 
-__all__ = ["repro_section"]
+__all__ = ["device_text", "recipe_text", "repro_section", "stored_footprint"]
 
 _HEADER = ("run", "seed", "code", "torch", "device", "data splits", "energy", "CO₂-eq", "water")
 
@@ -35,12 +35,12 @@ def repro_section(readers: Sequence[RunReader], _fig_dir: Path) -> Section | Non
         env = env or {}
         footprint = meta.get(TAGS.FOOTPRINT) or {}
         rows.append(
-            (reader.info.name, _seed(env), _code(env), _torch(env), _device(env), _splits(meta),
+            (reader.info.name, _seed(env), _code(env), _torch(env), device_text(env), _splits(meta),
              *_cost(footprint))
         )  # fmt: skip
-        recipes.append(f"{reader.info.name}: {_recipe(env)}")
+        recipes.append(f"{reader.info.name}: {recipe_text(env)}")
         if footprint:
-            equivalents = "; ".join(str(e) for e in _footprint(footprint).equivalents())
+            equivalents = "; ".join(str(e) for e in stored_footprint(footprint).equivalents())
             constants = ", ".join(f"{k} {v:g}" for k, v in footprint["constants"].items() if isinstance(v, float))
             recipes.append(
                 f"{reader.info.name} footprint: {footprint['method']}; constants: {constants}. That is {equivalents}."
@@ -75,7 +75,7 @@ def _torch(env: dict[str, Any]) -> str:
     return version + (f", CUDA {torch['cuda']}" if torch.get("cuda") and torch.get("devices") else "")
 
 
-def _device(env: dict[str, Any]) -> str:
+def device_text(env: dict[str, Any]) -> str:
     devices = (env.get("torch") or {}).get("devices") or []
     threads = (env.get("torch") or {}).get("threads")
     cpu = f"{env.get('cpu', '?')}" + (f", {threads} threads" if threads else "")
@@ -100,7 +100,7 @@ def _splits(meta: dict[str, Any]) -> str:
     return f"{counts} (digest {manifest.digest[:10]}): {state}"
 
 
-def _footprint(stored: dict[str, Any]) -> Footprint:
+def stored_footprint(stored: dict[str, Any]) -> Footprint:
     names = ("seconds", "energy_kwh", "co2_g", "water_l", "method", "constants")
     return Footprint(**{name: stored[name] for name in names})
 
@@ -115,7 +115,7 @@ def _cost(footprint: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
-def _recipe(env: dict[str, Any]) -> str:
+def recipe_text(env: dict[str, Any]) -> str:
     """``git checkout … && pip install … && python …``: what reproduces the run, as far as it was recorded."""
     steps = []
     git = env.get("git")

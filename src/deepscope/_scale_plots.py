@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepscope._attribution_plots import MAGNITUDE_CMAP, _as_rgb, overlay
+from deepscope._attribution_plots import MAGNITUDE_CMAP, as_rgb, overlay
 from deepscope._media import _figure, _save_figure
 
 __all__ = ["class_means_figure", "examples_figure"]
@@ -70,7 +70,7 @@ def examples_figure(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    rgb = _as_rgb(np.asarray(inputs, np.float32))
+    rgb = as_rgb(np.asarray(inputs, np.float32))
     columns = 2 * max((len(indices) for _, indices in rows), default=1)
     fig, canvas = _figure(_TILE * columns + 110, (_TILE + 24) * max(len(rows), 1) + 50)
     grid = fig.subplots(max(len(rows), 1), columns, squeeze=False)

@@ -16,13 +16,13 @@ from markupsafe import Markup, escape
 
 from deepscope._media import _figure, _save_figure
 
-__all__ = ["highlighted_html", "token_attribution_figure"]
+__all__ = ["AGAINST_COLOR", "FOR_COLOR", "highlighted_html", "token_attribution_figure"]
 
 _WIDTH = 900  # pixels
 _LINE = 26  # pixels per line of text
 _MARGIN = 12.0
 _FONT = 10
-_FOR, _AGAINST = np.array([0.86, 0.2, 0.18]), np.array([0.15, 0.55, 0.82])
+FOR_COLOR, AGAINST_COLOR = np.array([0.86, 0.2, 0.18]), np.array([0.15, 0.55, 0.82])
 _SPAN = Markup('{}<span title="{:+.4f}" style="background:rgba({},{:.2f});padding:1px 3px;border-radius:3px">{}</span>')
 
 
@@ -34,7 +34,7 @@ def highlighted_html(rows: Sequence[tuple[Sequence[str], np.ndarray, str]]) -> M
         spans = []
         for token, score in zip(tokens, np.asarray(scores, dtype=float).tolist(), strict=True):
             joined = token.startswith("##")  # a WordPiece continuation joins its word
-            rgb = ",".join(str(round(255 * c)) for c in (_FOR if score > 0 else _AGAINST))
+            rgb = ",".join(str(round(255 * c)) for c in (FOR_COLOR if score > 0 else AGAINST_COLOR))
             shade = abs(score) / peak if peak else 0.0
             spans.append(_SPAN.format("" if joined else " ", score, rgb, shade, escape(token[2:] if joined else token)))
         paragraphs.append(
@@ -72,7 +72,7 @@ def token_attribution_figure(
         for line in lines:
             for index, x, piece in line:
                 score = float(scores[index])
-                color = 1 - abs(score) / peak * (1 - (_FOR if score > 0 else _AGAINST))
+                color = 1 - abs(score) / peak * (1 - (FOR_COLOR if score > 0 else AGAINST_COLOR))
                 ax.text(
                     x, y, piece, fontproperties=font, va="center",
                     bbox={"boxstyle": "round,pad=0.2", "facecolor": tuple(color), "edgecolor": "none"},

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from deepscope._attribution_plots import MAGNITUDE_CMAP, SIGNED_CMAP, _as_rgb, overlay
-from deepscope._report_attribution import _METRIC_HELP, _attribution_notes, _cpu_power
+from deepscope._attribution_plots import MAGNITUDE_CMAP, SIGNED_CMAP, as_rgb, overlay
+from deepscope._report_attribution import METRIC_HELP, attribution_notes, cpu_power
 from deepscope._tags import TAGS
-from deepscope._text_plots import _AGAINST, _FOR
+from deepscope._text_plots import AGAINST_COLOR, FOR_COLOR
 from deepscope.errors import UnknownNameError
 from deepscope.footprint import estimate
 from deepscope.server._figures import image_uri, json_floats
@@ -56,7 +56,7 @@ def _method(meta: dict[str, Any], method: str) -> str:
 
 
 def _images(reader: RunReader) -> np.ndarray:
-    return _as_rgb(reader.tensor(f"{_P}/images", 0).astype(np.float32))  # (N, H, W, 3) in [0, 1], as the report
+    return as_rgb(reader.tensor(f"{_P}/images", 0).astype(np.float32))  # (N, H, W, 3) in [0, 1], as the report
 
 
 def _maps(reader: RunReader, method: str) -> np.ndarray:
@@ -156,7 +156,7 @@ def example_impl(reader: RunReader, *, index: int, method: str) -> dict[str, Any
     tiles, heat = [], {}
     for name in _methods(meta):
         signed, maps = bool(meta.get(f"{_P}/{name}/signed")), _maps(reader, name)
-        note = _attribution_notes(reader, name, maps.shape[0])[index]
+        note = attribution_notes(reader, name, maps.shape[0])[index]
         tiles.append(dict(method=name, signed=signed, overlay=_overlay_uri(images[index], maps[index], signed),
                           note=note, target=_target(meta, name, index)))  # fmt: skip
         if name == chosen:
@@ -203,7 +203,7 @@ def scores_impl(reader: RunReader) -> dict[str, Any]:
     keys = [k for k in report_columns if any(row.get(k) is not None for row in table)]
     rows = [{"method": str(row.get("method")), **{k: _number(row.get(k)) for k in keys}} for row in table]
     if "seconds" in keys:  # what the explanations cost, as the report estimates it
-        power = _cpu_power(meta)
+        power = cpu_power(meta)
         for row, raw in zip(rows, table, strict=True):
             row["energy_wh"] = json_floats(1000 * estimate(float(raw["seconds"]), power_w=power).energy_kwh)
         keys.append("energy_wh")
@@ -216,8 +216,8 @@ def scores_impl(reader: RunReader) -> dict[str, Any]:
     )
     for rank, i in enumerate(order, start=1):
         rows[i]["rank"] = rank
-    columns = [{"key": k, "label": _COLUMNS[k][0], "better": _COLUMNS[k][1], "help": _METRIC_HELP.get(k)} for k in keys]
-    help_text = "; ".join(_METRIC_HELP[k] for k in keys if k in _METRIC_HELP)
+    columns = [{"key": k, "label": _COLUMNS[k][0], "better": _COLUMNS[k][1], "help": METRIC_HELP.get(k)} for k in keys]
+    help_text = "; ".join(METRIC_HELP[k] for k in keys if k in METRIC_HELP)
     help_text = f"Which map to trust: {help_text}." if help_text else ""
     return dict(columns=columns, rows=rows, order=[rows[i]["method"] for i in order], help=help_text)
 
@@ -254,12 +254,12 @@ def sanity_impl(reader: RunReader) -> dict[str, Any]:
         raise LookupError("this run holds no sanity check (compare(..., metrics=['sanity']) runs one)")
     measures = sorted({m for c in curves for m in c["values"]})
     return dict(measure=str(setting.get("measure")), threshold=_number(setting.get("threshold")), measures=measures,
-                curves=curves, help=_METRIC_HELP["sanity"])  # fmt: skip
+                curves=curves, help=METRIC_HELP["sanity"])  # fmt: skip
 
 
 def _background(score: float, peak: float) -> str:
     """The report's token highlight: red for the class, blue against, shade relative to the text's peak."""
-    rgb = ",".join(str(round(255 * c)) for c in (_FOR if score > 0 else _AGAINST))
+    rgb = ",".join(str(round(255 * c)) for c in (FOR_COLOR if score > 0 else AGAINST_COLOR))
     return f"rgba({rgb},{abs(score) / peak if peak else 0.0:.2f})"
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from deepscope import _evaluation_plots as plots
-from deepscope._attribution_plots import _as_rgb, overlay
+from deepscope._attribution_plots import as_rgb, overlay
 from deepscope._evaluation_cells import cell_note
 from deepscope._format import cell
-from deepscope._report_evaluation import _interval, _row_interval
+from deepscope._report_evaluation import interval_text, row_interval_text
 from deepscope._tags import TAGS
 from deepscope.server._figures import image_uri, json_floats, png_uri
 from deepscope.server.panels import Panel, Route
@@ -83,8 +83,8 @@ def summary_impl(reader: RunReader) -> dict[str, Any]:
             metrics.append({"key": key, "label": label, **item})
     text = [
         f"Data: {meta.get(f'{_P}/description') or 'the given examples'} ({s['examples']} examples). Accuracy "
-        f"{_interval(s, 'accuracy')} against a majority-class baseline of {cell(s['majority_baseline'])}; balanced "
-        f"accuracy (mean recall over the classes) {_interval(s, 'balanced_accuracy')}; {level:.0%} bootstrap "
+        f"{interval_text(s, 'accuracy')} against a majority-class baseline of {cell(s['majority_baseline'])}; balanced "
+        f"accuracy (mean recall over the classes) {interval_text(s, 'balanced_accuracy')}; {level:.0%} bootstrap "
         f"intervals. Expected calibration error {cell(s['ece'])}."
     ]
     below = s["accuracy"] is not None and s["accuracy"] <= s["majority_baseline"]
@@ -203,7 +203,7 @@ def _with_images(reader: RunReader, examples: list[dict[str, Any]]) -> list[dict
             ]
         inputs, maps = loaded[source]
         images = inputs is not None and inputs.ndim == 4 and row < len(inputs) and _drawable(inputs)
-        example["image"] = image_uri(_as_rgb(inputs[row : row + 1])[0]) if images else None  # float64 inside
+        example["image"] = image_uri(as_rgb(inputs[row : row + 1])[0]) if images else None  # float64 inside
         drawn = images and maps is not None and row < len(maps) and maps.shape[1:] == inputs.shape[2:]
         example["map"] = image_uri(overlay(inputs[row], maps[row].astype(np.float64))) if drawn else None
     return examples
@@ -266,7 +266,7 @@ def classes_impl(reader: RunReader) -> dict[str, Any]:
     meta, _ = _meta(reader)
     rows = [
         {"class": str(r["class"]), "support": int(r["support"]),
-         **{k: {**_spread(r[k], r[f"{k}_low"], r[f"{k}_high"]), "text": _row_interval(r, k)} for k, _ in _METRICS}}
+         **{k: {**_spread(r[k], r[f"{k}_low"], r[f"{k}_high"]), "text": row_interval_text(r, k)} for k, _ in _METRICS}}
         for r in meta[f"{_P}/table"]
     ]  # fmt: skip
     level = meta[f"{_P}/summary"]["level"]

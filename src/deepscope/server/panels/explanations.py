@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from deepscope._attribution_plots import MAGNITUDE_CMAP, _as_rgb, overlay
+from deepscope._attribution_plots import MAGNITUDE_CMAP, as_rgb, overlay
 from deepscope._explanation_files import MANIFEST, SHARD_FILE, class_label, scaled_magnitude
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
@@ -184,7 +184,7 @@ def examples_impl(reader: RunReader, *, name: str, cls: int | None = None) -> di
     shown = rows[:MAX_EXAMPLES]
     examples = []
     if shown.size:
-        inputs = _as_rgb(reader.tensor(f"{base}/examples/inputs", 0)[shown])  # (S, H, W, 3) in [0, 1], per image
+        inputs = as_rgb(reader.tensor(f"{base}/examples/inputs", 0)[shown])  # (S, H, W, 3) in [0, 1], per image
         maps = reader.tensor(f"{base}/examples/maps", 0)[shown].astype(np.float32)  # (S, H, W) in [0, 1]
         for i, rgb, heat in zip(shown, inputs, maps, strict=True):
             examples.append(
@@ -253,7 +253,7 @@ def item_impl(reader: RunReader, *, name: str, position: int) -> dict[str, Any]:
     if f"{base}/positions" in set(reader.tensor_tags()):
         hits = np.flatnonzero(reader.tensor(f"{base}/positions", 0) == position)
         if hits.size:
-            rgb = _as_rgb(reader.tensor(f"{base}/inputs", 0)[hits[:1]])[0]
+            rgb = as_rgb(reader.tensor(f"{base}/inputs", 0)[hits[:1]])[0]
             image, overlaid = image_uri(rgb), _overlay_uri(rgb, heat)
     return {
         "name": name, "position": position, "shard": shard["index"], "file": shard["file"], "class": cls,

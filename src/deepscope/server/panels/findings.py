@@ -12,7 +12,7 @@ from typing import Any
 
 from deepscope._diagnosis import SEVERITIES, Finding
 from deepscope._finding_plots import finding_figure
-from deepscope._report_findings import _steps
+from deepscope._report_findings import finding_steps
 from deepscope._tags import TAGS
 from deepscope.server._figures import png_uri
 from deepscope.server.panels import Panel, Route
@@ -50,7 +50,7 @@ def _card(index: int, finding: Finding) -> dict[str, Any]:
         "title": finding.title,
         "step_start": finding.step_start,
         "step_end": finding.step_end,
-        "steps": _steps(finding),
+        "steps": finding_steps(finding),
         "evidence": _plain(dict(finding.evidence)),
         "actions": list(finding.actions),
         "has_plot": finding.plot is not None,

@@ -3,7 +3,7 @@
 Reads the meta the report's *Reproducibility & footprint* section reads (``_report_repro``): the
 environment every run records when it is created (``repro/environment``), the footprint of
 ``Recorder(footprint=True)`` (``repro/footprint``) and the split manifest (``repro/manifest/…``).
-The recipe is the report's own (``_recipe``). The dashboard does not re-read the data files the
+The recipe is the report's own (``recipe_text``). The dashboard does not re-read the data files the
 manifest lists (they may lie anywhere on this machine): ``deepscope verify-split`` does that.
 """
 
@@ -14,7 +14,7 @@ import shlex
 from typing import Any
 
 from deepscope._manifest import SplitManifest
-from deepscope._report_repro import _device, _footprint, _recipe
+from deepscope._report_repro import device_text, recipe_text, stored_footprint
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
 from deepscope.footprint import (
@@ -78,7 +78,7 @@ def _environment(env: dict[str, Any]) -> list[dict[str, Any]]:
         ["cuDNN", _text(torch.get("cudnn")) if torch.get("cudnn") or not torch else "not used (no CUDA device)"],
     ]
     hardware = [
-        ["device", _device(env)],
+        ["device", device_text(env)],
         ["GPUs", _text(torch.get("devices")) if torch else _UNKNOWN],
         ["CPU", _text(env.get("cpu"))],
         ["CPU count", _text(env.get("cpu_count"))],
@@ -133,7 +133,7 @@ def _number(value: Any) -> Any:
 def _cost(stored: dict[str, Any]) -> dict[str, Any]:
     """The stored footprint, its constants with their sources and its everyday equivalents."""
     try:
-        footprint = _footprint(stored)
+        footprint = stored_footprint(stored)
     except (KeyError, TypeError) as error:
         return {"error": f"the stored footprint is incomplete (missing {error}); record it again"}
     measured = footprint.method.startswith("codecarbon")
@@ -216,7 +216,7 @@ def summary_impl(reader: RunReader) -> dict[str, Any]:
     manifest = _splits(meta)
     return {
         "environment": _environment(env) if isinstance(env, dict) else None,
-        "recipe": _recipe(env) if isinstance(env, dict) else None,
+        "recipe": recipe_text(env) if isinstance(env, dict) else None,
         "footprint": _cost(stored) if isinstance(stored, dict) else None,
         "manifest": manifest,
         "verify": _verify(reader, manifest),

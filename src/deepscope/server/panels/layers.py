@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from deepscope import plots
-from deepscope._layer_plots import _tile
+from deepscope._layer_plots import scaled_tile
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
 from deepscope.server._api import NotFound
@@ -147,7 +147,7 @@ def _tiles(parts: dict[str, np.ndarray], block: int, source: str) -> list[np.nda
     """Channel ``block``'s k tiles of ``source`` (patches or projections) as RGB in [0, 1], drawn as the report."""
     inside = parts["inside"][block].astype(bool)
     values = parts[source][block].astype(np.float32)
-    return [_rgb(_tile(values[r], inside[r], signed=source == "projections")) for r in range(len(values))]
+    return [_rgb(scaled_tile(values[r], inside[r], signed=source == "projections")) for r in range(len(values))]
 
 
 def _mosaic(tiles: list[np.ndarray], columns: int = 3, gap: int = 1) -> np.ndarray:

@@ -232,13 +232,13 @@ def decision_impl(reader: RunReader, *, step: int) -> dict[str, Any]:
     """
     from matplotlib.colors import to_hex
 
-    from deepscope._decision_plots import _probability_cmap
+    from deepscope._decision_plots import probability_cmap
 
     if not _has_grid(reader):
         raise UnknownNameError("tensor tag", TAGS.GRID_SCORE, [t for t in reader.tensor_tags() if "grid" in t])
     scores = _at(reader, TAGS.GRID_SCORE, step).astype(np.float64)  # (G, G)
     extent = [float(v) for v in reader.meta()[TAGS.GRID_EXTENT]]
-    cmap, _ = _probability_cmap()
+    cmap, _ = probability_cmap()
     names = _class_names(reader)
     return {
         "step": int(step),
@@ -254,7 +254,7 @@ def decision_impl(reader: RunReader, *, step: int) -> dict[str, Any]:
 def evolution_impl(reader: RunReader, *, layer: str, step: int) -> dict[str, Any]:
     """Feature evolution of ``layer`` at ``step``: per channel its strongest unit's patch and DeconvNet projection.
 
-    Tiles are scaled as in the report's strip (``_layer_plots._tile``: patches min–max, projections
+    Tiles are scaled as in the report's strip (``_layer_plots.scaled_tile``: patches min–max, projections
     symmetric around grey at the 99th percentile of ``|v|``).
 
     Returns:
@@ -265,7 +265,7 @@ def evolution_impl(reader: RunReader, *, layer: str, step: int) -> dict[str, Any
         UnknownNameError: the run has no feature evolution of ``layer``.
         LookupError: no snapshot at ``step`` (the message lists the nearest stored steps).
     """
-    from deepscope._layer_plots import _tile
+    from deepscope._layer_plots import scaled_tile
 
     layers = _evolution_layers(reader)
     if layer not in layers:
@@ -289,8 +289,8 @@ def evolution_impl(reader: RunReader, *, layer: str, step: int) -> dict[str, Any
                 "score": json_floats(scores[i]),
                 "image": image if image >= 0 else None,
                 "label": int(labels[image]) if labels is not None and 0 <= image < len(labels) else None,
-                "patch": image_uri(_tile(patches[i], everywhere, signed=False), vmin=0.0, vmax=1.0),
-                "projection": image_uri(_tile(projections[i], everywhere, signed=True), vmin=0.0, vmax=1.0),
+                "patch": image_uri(scaled_tile(patches[i], everywhere, signed=False), vmin=0.0, vmax=1.0),
+                "projection": image_uri(scaled_tile(projections[i], everywhere, signed=True), vmin=0.0, vmax=1.0),
             }
         )
     return {"layer": layer, "step": int(step), "field": info.get("field"), "tiles": tiles}
