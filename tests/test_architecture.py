@@ -65,6 +65,8 @@ LAYERS = {
     "_evaluation_stream": 2,
     "_explanation_files": 1,
     "_report_scale": 4,
+    "_report_health": 4,
+    "_probe_readers": 4,
     "_scale_plots": 4,
     "_report_evaluation": 4,
     "_evaluation_plots": 4,

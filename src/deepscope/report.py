@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from deepscope import plots
+from deepscope._probe_readers import class_names, scatter_sequence
 from deepscope._progress import track
 from deepscope._report_attention import attention_sections
 from deepscope._report_attribution import attribution_sections
 from deepscope._report_evaluation import evaluation_sections
 from deepscope._report_featurevis import featurevis_sections
 from deepscope._report_findings import findings_section
+from deepscope._report_health import health_section
 from deepscope._report_layers import evolution_sections, layer_sections
 from deepscope._report_page import Figure, Section, write_page
 from deepscope._report_page import slug as _slug
@@ -31,7 +33,7 @@ from deepscope._report_repro import repro_section
 from deepscope._report_scale import scale_sections
 from deepscope._report_text import text_sections
 from deepscope._tags import TAGS
-from deepscope.projection import PROJECTIONS, Projection, project_frames
+from deepscope.projection import PROJECTIONS, Projection
 from deepscope.store import RunReader, find_runs
 
 __all__ = ["Figure", "Section", "build_report", "write_page"]
@@ -152,10 +154,10 @@ def _task(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
         return None
     labels = reader.tensor(TAGS.PROBE_LABELS, 0)
     circles = [tuple(c) for c in reader.info.config.get("circles", [])]
-    png = plots.toy_task_figure(inputs, labels, fig_dir / "task.png", circles=circles, class_names=_class_names(reader))
+    png = plots.toy_task_figure(inputs, labels, fig_dir / "task.png", circles=circles, class_names=class_names(reader))
     counts = np.bincount(labels)
     share = ", ".join(
-        f"{name}: {n} ({n / counts.sum():.1%})" for name, n in zip(_class_names(reader), counts, strict=False)
+        f"{name}: {n} ({n / counts.sum():.1%})" for name, n in zip(class_names(reader), counts, strict=False)
     )
     return Section(
         "task",
@@ -258,8 +260,8 @@ def _representation(readers: Sequence[RunReader], fig_dir: Path, projection: Pro
         if not usable:
             continue
         shown = usable[:_MAX_PANELS]
-        runs = _same_length([_scatter_sequence(r, tag, projection) for r in shown])
-        names = _class_names(readers[0])
+        runs = _same_length([scatter_sequence(r, tag, projection) for r in shown])
+        names = class_names(readers[0])
         slug = _slug(layer)
         width = shown[0].tensor(tag, int(shown[0].tensor_steps(tag)[0])).shape[1]
         axes = ("unit 1", "unit 2") if width <= 2 else ("PC 1", "PC 2") if projection == "pca" else ("UMAP 1", "UMAP 2")
@@ -325,7 +327,7 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
         first.tensor(TAGS.PROBE_INPUTS, 0),
         first.tensor(TAGS.PROBE_LABELS, 0),
         fig_dir / "decision",
-        class_names=_class_names(first),
+        class_names=class_names(first),
     )
     snapshots = plots.decision_snapshots(
         runs,
@@ -333,7 +335,7 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
         first.tensor(TAGS.PROBE_INPUTS, 0),
         first.tensor(TAGS.PROBE_LABELS, 0),
         fig_dir / "decision_snapshots.png",
-        class_names=_class_names(first),
+        class_names=class_names(first),
     )
     return Section(
         "decision",
@@ -352,75 +354,6 @@ def _decision(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
 
 
 # statistic -> (panel title, log scale, fixed limits, activation modules only)
-_HEALTH_PANELS = {
-    "act_std": ("activation std", True, None, False),
-    "dead_channels": ("dead channels (share)", False, (0.0, 1.0), True),
-    "saturation": ("saturated outputs (share)", False, (0.0, 1.0), True),
-    "grad_norm": ("gradient norm", True, None, False),
-    "update_ratio": ("update / weight ratio", True, None, False),
-}
-
-
-def _health(readers: Sequence[RunReader], fig_dir: Path) -> Section | None:
-    usable = [r for r in readers if TAGS.HEALTH in r.tensor_tags()]
-    if not usable:
-        return None
-    figures, flows, notes = [], [], []
-    for reader in usable:
-        meta = reader.meta()
-        layers, statistics = list(meta[TAGS.HEALTH_LAYERS]), list(meta[TAGS.HEALTH_STATISTICS])
-        steps = reader.tensor_steps(TAGS.HEALTH)
-        table = np.stack([reader.tensor(TAGS.HEALTH, int(step)) for step in steps], axis=-1)  # (S, L, T)
-        activations = set(meta.get(TAGS.HEALTH_ACTIVATION_LAYERS, layers))
-        panels = []
-        for statistic, (title, log, limits, activation_only) in _HEALTH_PANELS.items():
-            values = table[statistics.index(statistic)]  # (L, T)
-            rows = [
-                j
-                for j in range(len(layers))
-                if not np.isnan(values[j]).all() and (layers[j] in activations or not activation_only)
-            ]
-            if rows:
-                panels.append(plots.HealthPanel(title, [layers[j] for j in rows], values[rows], log, limits))
-        if TAGS.RESIDUAL in reader.tensor_tags():
-            residual_steps = reader.tensor_steps(TAGS.RESIDUAL)
-            ratios = np.stack([reader.tensor(TAGS.RESIDUAL, int(step)) for step in residual_steps], axis=-1)
-            if np.array_equal(residual_steps, steps):
-                blocks = list(meta[TAGS.RESIDUAL_BLOCKS])
-                panels.append(plots.HealthPanel("residual ‖F(x)‖ / ‖skip‖", blocks, ratios, log=True))
-        slug = _slug(reader.info.name)
-        if panels:
-            png = plots.health_heatmaps(
-                steps, panels, fig_dir / f"health_{slug}.png", title=f"Layer health · {reader.info.name}"
-            )
-            figures.append(Figure(png, f"Per-layer statistics of the training step, {reader.info.name}."))
-        else:
-            notes.append(f"{reader.info.name}: no layer statistic was measured (no value in any recorded step).")
-        grads = table[statistics.index("grad_norm")]
-        rows = [j for j in range(len(layers)) if not np.isnan(grads[j]).all()]
-        if rows:
-            flows.append((reader.info.name, [layers[j] for j in rows], steps, grads[rows]))
-        if TAGS.HEALTH_NONFINITE in meta:
-            notes.append(f"{reader.info.name}: non-finite values from step {meta[TAGS.HEALTH_NONFINITE]} on.")
-    if flows:
-        flow = plots.gradient_flow(flows[:_MAX_PANELS], fig_dir / "gradient_flow.png")
-        figures.append(Figure(flow, "Gradient norm of each layer's parameters, input side on the left."))
-    return Section(
-        "health",
-        "Layer health during training",
-        (
-            "Measured on the training step itself, every few steps, for every layer with parameters and every "
-            "activation module (rows, input side on top). How to read it: a dead-channel share that grows means "
-            "ReLU units that never fire again; gradient norms that fall by orders of magnitude towards the input "
-            "mean vanishing gradients (the early layers stop learning), rising ones exploding gradients; an "
-            "update/weight ratio far below 1e-3 is a layer that barely moves, far above it one that is unstable. "
-            "For residual blocks, ‖F(x)‖ / ‖skip‖ far below 1 means the block barely changes its input.",
-            *notes,
-        ),
-        figures=tuple(figures),
-    )
-
-
 def _provenance(readers: Sequence[RunReader], fig_dir: Path) -> Section:
     rows: list[tuple[str, ...]] = [("run", "run id", "created (UTC)", "versions")]
     for reader in readers:
@@ -440,7 +373,7 @@ _SECTIONS: list[Callable[[Sequence[RunReader], Path], Section | list[Section] | 
     _loss,
     _representation,
     _decision,
-    _health,
+    health_section,
     evolution_sections,
     attribution_sections,
     layer_sections,
@@ -474,33 +407,6 @@ def _same_length(runs: list[plots.ScatterSequence]) -> list[plots.ScatterSequenc
         )
         for r in runs
     ]
-
-
-def _scatter_sequence(reader: RunReader, tag: str, projection: Projection) -> plots.ScatterSequence:
-    labels = reader.tensor(TAGS.PROBE_LABELS, 0)
-    steps, values = reader.tensors(tag)
-    pred_steps, preds = reader.tensors(TAGS.PROBE_PRED)
-    pred_by_step = dict(zip(pred_steps.tolist(), preds, strict=False))
-    keep = [i for i, s in enumerate(steps.tolist()) if s in pred_by_step]
-    steps = steps[keep]
-    points = project_frames([values[i] for i in keep], projection)
-    correct = np.stack([pred_by_step[s] == labels for s in steps.tolist()])  # (F, N)
-    return plots.ScatterSequence(
-        label=reader.info.name,
-        steps=steps,
-        points=points,
-        correct=correct,
-        labels=labels,
-        accuracy=correct.mean(axis=1),
-    )
-
-
-def _class_names(reader: RunReader) -> list[str]:
-    names = reader.meta().get(TAGS.CLASS_NAMES)
-    if names:
-        return [str(n) for n in names]
-    labels = reader.tensor(TAGS.PROBE_LABELS, 0) if TAGS.PROBE_LABELS in reader.tensor_tags() else np.array([0, 1])
-    return [f"class {i}" for i in range(int(labels.max()) + 1)]
 
 
 def _step_label(reader: RunReader) -> str:

@@ -16,9 +16,9 @@ import numpy as np
 
 from deepscope._diagnosis import Thresholds
 from deepscope._distribution_summary import split_summary
+from deepscope._report_health import HEALTH_PANELS
 from deepscope._tags import TAGS
 from deepscope.errors import UnknownNameError
-from deepscope.report import _HEALTH_PANELS
 from deepscope.server._api import NotFound
 from deepscope.server._cache import RunCache
 from deepscope.server._downsample import minmax_indices
@@ -85,7 +85,7 @@ def _load(reader: RunReader) -> _Health:
 
 
 def _describe(statistic: str) -> tuple[str, bool, tuple[float, float] | None, bool]:
-    return _HEALTH_PANELS.get(statistic) or _OTHER_PANELS.get(statistic) or (statistic, False, None, False)
+    return HEALTH_PANELS.get(statistic) or _OTHER_PANELS.get(statistic) or (statistic, False, None, False)
 
 
 def _index(names: list[str], name: str, kind: str) -> int:

@@ -2,7 +2,7 @@
 
 Reads the tags the report's *Inside the network*, *decision boundary* and *feature evolution* sections
 read (``repr/<layer>``, ``input/grid_score``, ``evolution/<layer>/...``). The 2-D frames are the report's
-own: :func:`deepscope.report._scatter_sequence` (``project_frames``, aligned frame to frame) followed by
+own: :func:`deepscope._probe_readers.scatter_sequence` (``project_frames``, aligned frame to frame) followed by
 the per-frame z-score and the all-frames axis limits of :func:`deepscope.plots.representation_animation`.
 They are computed once per (run folder, layer, projection) and store version, and sent whole, so the
 browser's step slider moves without asking again. Decision maps and evolution tiles come one step at a time.
@@ -60,7 +60,7 @@ def _labels(reader: RunReader) -> np.ndarray | None:
 
 def _class_names(reader: RunReader) -> list[str]:
     """The report's class names, completed with ``class k`` for any label beyond the recorded list."""
-    from deepscope.report import _class_names as report_names
+    from deepscope._probe_readers import class_names as report_names
 
     names = report_names(reader)
     labels = _labels(reader)
@@ -164,7 +164,7 @@ def index_impl(reader: RunReader) -> dict[str, Any]:
 
 def _frames(reader: RunReader, layer: str, projection: str) -> dict[str, Any]:
     """The report's frames of ``layer``: projected, aligned, z-scored per frame; axis limits over all frames."""
-    from deepscope.report import _scatter_sequence
+    from deepscope._probe_readers import scatter_sequence
 
     tag = TAGS.REPR.format(layer=layer)
     labels, tags = _labels(reader), set(reader.tensor_tags())
@@ -173,7 +173,7 @@ def _frames(reader: RunReader, layer: str, projection: str) -> dict[str, Any]:
     pred = None
     try:
         if with_pred:  # the report's path: the frames that have predictions
-            sequence = _scatter_sequence(reader, tag, projection)  # type: ignore[arg-type]  # checked by the caller
+            sequence = scatter_sequence(reader, tag, projection)  # type: ignore[arg-type]  # checked by the caller
             steps, points = sequence.steps, sequence.points
             pred = np.stack([pred_by_step[int(s)] for s in steps])  # (F, N)
         else:  # no predictions (or no labels): every snapshot, coloured by label only
