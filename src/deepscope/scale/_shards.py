@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deepscope._data import dataset_size, indexable
 
-__all__ = ["Shard", "plan", "shard_seed", "view"]
+__all__ = ["Shard", "plan", "shard_seed", "sized", "view"]
 
 
 @dataclass(frozen=True, slots=True)

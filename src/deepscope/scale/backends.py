@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -25,7 +25,6 @@ from deepscope.scale._shards import Shard, plan, sized, view
 
 __all__ = ["Coverage", "Ray", "ShardFailure", "resolve", "run_shards", "run_whole"]
 
-P = TypeVar("P")
 Work = Callable[[nn.Module, Any, Shard], Any]
 """``work(model, items, shard) -> partial``: a module-level function (or a ``functools.partial`` of one), so it
 can be sent to Ray workers; ``items`` is the shard's view of the data."""
