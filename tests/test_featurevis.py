@@ -190,3 +190,19 @@ def test_a_channel_atlas_is_recorded_and_reported(tmp_path):
     page = build_report(tmp_path).read_text(encoding="utf-8")
     assert "Feature visualisation (tiny)" in page and "atlas <b>" not in page
     assert atlas._repr_png_()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("layer", "unit", "objective", "label", "missing"),
+    [
+        ("4", "neuron", obj.neuron("4", [0, 2]), "neuron", "channel 8 does not exist: '4' has 8 channels"),
+        (OUTPUT, "channel", obj.class_logit([0, 2]), "class", "class 8 does not exist: the model output has 3"),
+    ],
+)
+def test_an_atlas_of_neurons_or_classes_is_that_objective_batched(layer, unit, objective, label, missing):
+    model = _cnn()
+    atlas = feature_vis_grid(model, layer, [0, 2], unit=unit, size=16, steps=3)
+    alone = feature_vis(model, objective, batch=2, size=16, steps=3)
+    assert torch.equal(atlas.images, alone.images) and atlas.labels == (f"{label} 0", f"{label} 2")
+    with pytest.raises(ValueError, match=missing):
+        feature_vis_grid(model, layer, [8], unit=unit, size=16, steps=1)

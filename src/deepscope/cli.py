@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -150,6 +151,104 @@ def inspect(
     for row in result.stats.table():
         console.print("  ".join(f"{key}={cell(value)}" for key, value in row.items()))
     console.print(f"run: {run.resolve()}\nreport: {build_report(out).resolve()}")
+
+
+@app.command()
+def featurevis(
+    model: _ModelArg,
+    layer: Annotated[
+        str | None, typer.Option("--layer", "-l", help="Layer whose channels are visualised (see `deepscope layers`).")
+    ] = None,
+    channels: Annotated[str | None, typer.Option(help="Channels, e.g. 0,3,7 (default: the first 8).")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class logits to visualise instead of a layer's channels, e.g. 0,281.")
+    ] = None,
+    unit: Annotated[
+        str, typer.Option(help="channel: a channel's mean over positions; neuron: its centre position.")
+    ] = "channel",
+    steps: Annotated[int, typer.Option(help="Adam steps per image.")] = 512,
+    size: Annotated[int, typer.Option(help="Image side in pixels, before the robustness transforms.")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam's learning rate.")] = 0.05,
+    param: Annotated[str, typer.Option(help="fourier (1/f spectrum, decorrelated colour) or pixels.")] = "fourier",
+    transforms: Annotated[
+        str, typer.Option(help="standard (Lucid's pad, jitter, scale and rotate) or none.")
+    ] = "standard",
+    color_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--color-from",
+            help="Image files whose colour statistics decorrelate the Fourier colours (repeatable; default: "
+            "scikit-image's photographs).",
+        ),
+    ] = None,
+    per_batch: Annotated[int, typer.Option(help="Images optimised together.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the generator behind every random choice.")] = 0,
+    weights: _WeightsOpt = None,
+    trust_checkpoint: _TrustOpt = False,
+    no_normalize: _RawOpt = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run, figure and report.")] = Path(
+        "runs/featurevis"
+    ),
+) -> None:
+    """The image each channel (or class) of a model responds to most: an atlas, recorded in a run and reported."""
+    import torch
+
+    from deepscope.featurevis import feature_vis_grid, record_feature_vis
+    from deepscope.featurevis.objectives import OUTPUT
+    from deepscope.report import build_report
+
+    if (layer is None) == (classes is None):
+        both = ", not both" if layer is not None else ""
+        raise typer.BadParameter(f"give --layer (to see its channels) or --classes (to see class logits){both}")
+    net = _load_cli_model(model, weights, trust_checkpoint)
+    if classes is not None:
+        target, units = OUTPUT, _indices(classes, "--classes")
+    else:
+        target, units = layer, _indices(channels, "--channels") if channels is not None else list(range(8))
+    result = feature_vis_grid(
+        net, target, units,
+        unit=unit, per_batch=per_batch, size=size, steps=steps, lr=lr, param=param, transforms=transforms,
+        generator=torch.Generator().manual_seed(seed), preprocess=None if no_normalize else _imagenet_normalise(net),
+        color=_color_matrix(color_from, size) if color_from else None,
+    )  # fmt: skip
+    title = f"{model}: {result.objective}"
+    run = record_feature_vis(
+        out / "featurevis", {title: result}, name=f"{model}: feature visualisation", overwrite=True,
+        description=f"{steps} steps of Adam on {size} px {param} images ({transforms} transforms, seed {seed}).",
+    )  # fmt: skip
+    figure = result.save(out / "featurevis.png", title=title)
+    console = _console()
+    for label, curve in zip(result.labels, result.curve.T.tolist(), strict=True):
+        console.print(f"{label}: objective {curve[0]:.4g} -> {curve[-1]:.4g}")
+    console.print(f"figure: {figure.resolve()}\nrun: {run.resolve()}\nreport: {build_report(out).resolve()}")
+
+
+def _indices(text: str, option: str) -> list[int]:
+    """``"0,3,7"`` as integers."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise typer.BadParameter(f"{option} expects indices separated by commas, like 0,3,7; got {text!r}")
+    return [int(part) for part in parts]
+
+
+def _imagenet_normalise(net: nn.Module) -> Callable[[Tensor], Tensor]:
+    """ImageNet normalisation on the model's device, applied to the [0, 1] images before the model."""
+    import torch
+
+    from deepscope._images import IMAGENET_MEAN, IMAGENET_STD
+    from deepscope.layers import model_device
+
+    device = model_device(net)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return lambda x: (x - mean) / std
+
+
+def _color_matrix(paths: list[Path], size: int) -> Tensor:
+    """The colour correlation of the image files, for the Fourier parameterisation."""
+    from deepscope._images import load_images
+    from deepscope.featurevis.param import color_correlation
+
+    return color_correlation(load_images(paths, size=size, mean=(0, 0, 0), std=(1, 1, 1))[0])
 
 
 @app.command()

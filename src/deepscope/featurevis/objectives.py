@@ -79,19 +79,25 @@ class Objective:
     __rmul__ = __mul__
 
 
-def _pick(out: Tensor, units: int | Sequence[int], what: str) -> Tensor:
+def _pick(out: Tensor, units: int | Sequence[int], what: str, source: str) -> Tensor:
     """``out[b, units[b]]`` for each image ``b``: one unit for the whole batch, or one per image.
 
     One unit is a plain slice (its backward is a copy into zeros, cheaper than the scatter of an index).
+
+    Raises:
+        ValueError: a unit that ``source`` does not have, or a number of units that is neither 1 nor the batch.
     """
-    if isinstance(units, int):
-        return out[:, units]
-    chosen = torch.as_tensor(list(units), dtype=torch.long)
-    if chosen.numel() not in (1, out.shape[0]):
-        raise ValueError(f"{chosen.numel()} {what}s for a batch of {out.shape[0]} images: give one, or one per image")
-    if chosen.numel() == 1:
-        return out[:, int(chosen)]
-    return out[torch.arange(out.shape[0], device=out.device), chosen.to(out.device)]
+    chosen = [units] if isinstance(units, int) else [int(u) for u in units]
+    count, plural = out.shape[1], "classes" if what == "class" else f"{what}s"
+    missing = [u for u in chosen if not 0 <= u < count]
+    if missing:
+        where = "the model output" if source == OUTPUT else repr(source)
+        raise ValueError(f"{what} {missing[0]} does not exist: {where} has {count} {plural} (0 to {count - 1})")
+    if len(chosen) not in (1, out.shape[0]):
+        raise ValueError(f"{len(chosen)} {plural} for a batch of {out.shape[0]} images: give one, or one per image")
+    if len(chosen) == 1:
+        return out[:, chosen[0]]
+    return out[torch.arange(out.shape[0], device=out.device), torch.as_tensor(chosen, device=out.device)]
 
 
 def _output(captured: Captured, name: str) -> Tensor:
@@ -106,7 +112,7 @@ def channel(layer_name: str, index: int | Sequence[int]) -> Objective:
 
     def fn(captured: Captured) -> Tensor:
         out = _output(captured, layer_name)
-        maps = _pick(out, index, "channel")  # (B, ...)
+        maps = _pick(out, index, "channel", layer_name)  # (B, ...)
         return maps.flatten(1).mean(1) if maps.ndim > 1 else maps
 
     return Objective(fn, frozenset({layer_name}), f"channel {index} of {layer_name}")
@@ -117,7 +123,7 @@ def neuron(layer_name: str, index: int | Sequence[int], x: int | None = None, y:
 
     def fn(captured: Captured) -> Tensor:
         out = _output(captured, layer_name)
-        maps = _pick(out, index, "channel")  # (B, H, W) or (B,)
+        maps = _pick(out, index, "channel", layer_name)  # (B, H, W) or (B,)
         if maps.ndim == 1:
             return maps
         row = maps.shape[1] // 2 if y is None else y
@@ -142,7 +148,7 @@ def class_logit(index: int | Sequence[int]) -> Objective:
 
     def fn(captured: Captured) -> Tensor:
         out = _output(captured, OUTPUT)
-        return _pick(out, index, "class")
+        return _pick(out, index, "class", OUTPUT)
 
     return Objective(fn, frozenset({OUTPUT}), f"logit of class {index}")
 

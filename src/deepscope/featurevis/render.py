@@ -14,8 +14,9 @@ import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from deepscope._forward import forward_until
 from deepscope._progress import track
 from deepscope.attribution.backprop_rules import relu_rules
-from deepscope.featurevis.objectives import IMAGE, OUTPUT, Objective, channel
+from deepscope.featurevis.objectives import IMAGE, OUTPUT, Objective, channel, class_logit, neuron
 from deepscope.featurevis.param import ImageParam, make_param
 from deepscope.featurevis.transforms import Transform, resolve
 from deepscope.guard import preserved
@@ -147,26 +148,40 @@ def feature_vis_grid(
     layer: LayerSpec,
     channels: Sequence[int] | None = None,
     *,
+    unit: Literal["channel", "neuron"] = "channel",
     per_batch: int = 16,
     **kwargs: Any,
 ) -> FeatureVis:
     """One image per channel of ``layer`` (a channel atlas), optimised ``per_batch`` channels at a time.
 
+    ``unit="channel"`` maximises a channel's mean over positions, ``"neuron"`` its centre position.
+    ``layer=OUTPUT`` (:data:`~deepscope.featurevis.objectives.OUTPUT`) gives one image per class logit.
     ``kwargs`` go to :func:`feature_vis` (``size``, ``steps``, ``generator``…). Default channels: the first 16.
     """
-    name, _ = resolve_layer(model, layer)
+    if unit not in _UNITS:
+        raise ValueError(f"unknown unit {unit!r}; valid: {', '.join(map(repr, _UNITS))}")
+    if layer == OUTPUT and unit != "channel":
+        raise ValueError(f"unit={unit!r} needs a layer with positions; the model output (class logits) has none")
+    name = OUTPUT if layer == OUTPUT else resolve_layer(model, layer)[0]
     chosen = list(range(16)) if channels is None else [int(c) for c in channels]
     if not chosen or per_batch < 1:
         raise ValueError(f"need at least one channel and per_batch >= 1; got {chosen} and {per_batch}")
+    if name == OUTPUT:
+        goal, what, description = class_logit, "class", "classes of the model output"
+    else:
+        goal, what, description = partial(_UNITS[unit], name), unit, f"{unit}s of {name}"
     results = [
-        feature_vis(model, channel(name, part), batch=len(part), **kwargs)
+        feature_vis(model, goal(part), batch=len(part), **kwargs)
         for part in (chosen[start : start + per_batch] for start in range(0, len(chosen), per_batch))
     ]
-    params = {**results[0].params, "batch": per_batch, "layer": name, "channels": chosen}
+    params = {**results[0].params, "batch": per_batch, "layer": name, "channels": chosen, "unit": what}
     return FeatureVis(
-        torch.cat([r.images for r in results]), torch.cat([r.curve for r in results], 1), f"channels of {name}",
-        tuple(f"channel {c}" for c in chosen), params, results[0].versions,
+        torch.cat([r.images for r in results]), torch.cat([r.curve for r in results], 1), description,
+        tuple(f"{what} {c}" for c in chosen), params, results[0].versions,
     )  # fmt: skip
+
+
+_UNITS = {"channel": channel, "neuron": neuron}
 
 
 def _adam(parameters: list[Tensor], lr: float) -> torch.optim.Optimizer:
