@@ -1,6 +1,6 @@
 """Feature visualisation per optimisation step: deepscope against its floor and torch-lucent, in one process.
 
-Run: python bench/bench_featurevis.py [--steps 16] [--repeats 5]
+Run: python bench/bench_featurevis.py [--steps 16] [--repeats 5] [--fixed-floor] [--device cuda]
 
 Setting (the issue's): torchvision resnet18 with random weights (eval mode), objective channel 5 of
 ``layer3``, 128 px Fourier image in decorrelated colour, the standard transforms (pad 12, jitter 8,
@@ -20,7 +20,8 @@ ratio to the floor (range), and the ratio of the best times (robust to a shared 
 - torch-lucent ``render_vis`` (full forward, ``loss.backward()`` also computes weight gradients),
   and lucent with the parameters frozen by hand.
 
-The issue's target: deepscope <= 1.05x the floor.
+The issue's target: deepscope <= 1.05x the floor. ``--device cuda`` runs every variant on the GPU (each
+call ends with a synchronisation; torch-lucent picks ``cuda:0`` by itself whenever CUDA is available).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import random
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -54,7 +56,8 @@ def floor(model: torch.nn.Module, sizes: list[int], full: bool) -> None:
     layer3 = {"layer3": model.layer3}
     for p in model.parameters():
         p.requires_grad_(False)
-    images = {side: torch.rand(1, 3, side, side, requires_grad=True) for side in set(sizes)}
+    device = next(model.parameters()).device
+    images = {side: torch.rand(1, 3, side, side, device=device, requires_grad=True) for side in set(sizes)}
     captured: dict[str, torch.Tensor] = {}
     handle = model.layer3.register_forward_hook(lambda _m, _a, out: captured.update(out=out)) if full else None
     for side in sizes:
@@ -93,15 +96,25 @@ def lucent_steps(model: torch.nn.Module, steps: int, frozen: bool) -> None:
         p.grad = None
 
 
+def _synchronised(run: Callable[[], None]) -> Callable[[], None]:
+    def timed() -> None:
+        run()
+        torch.cuda.synchronize()
+
+    return timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fixed-floor", action="store_true", help=f"also time the floor at a fixed {NOMINAL} px")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (2 threads) or cuda")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
+    device = torch.device(args.device)
+    model = torchvision.models.resnet18(weights=None).eval().to(device)
     sizes = transformed_sizes(model, args.steps)
     variants = {
         "floor: forward to layer3 + backward to the input": lambda: floor(model, sizes, full=False),
@@ -112,6 +125,8 @@ def main() -> None:
     }
     if args.fixed_floor:
         variants[f"floor at a fixed {NOMINAL} px"] = lambda: floor(model, [NOMINAL] * args.steps, full=False)
+    if device.type == "cuda":  # time the work, not its launch
+        variants = {name: _synchronised(run) for name, run in variants.items()}
     for run in variants.values():  # warm-up: kernels, allocator, lucent's imports
         run()
     per_step: dict[str, list[float]] = {name: [] for name in variants}
@@ -124,7 +139,8 @@ def main() -> None:
     reference = "floor: forward to layer3 + backward to the input"
     print(
         f"feature visualisation: resnet18 (random weights), channel 5 of layer3, {SIZE} px Fourier + decorrelated, "
-        f"standard transforms ({min(sizes)}-{max(sizes)} px), {torch.get_num_threads()} threads; {args.steps} steps "
+        f"standard transforms ({min(sizes)}-{max(sizes)} px), "
+        f"{device if device.type != 'cpu' else f'{torch.get_num_threads()} CPU threads'}; {args.steps} steps "
         f"per call, median of "
         f"{args.repeats}; ratio = time per step / the floor's"
     )

@@ -86,12 +86,16 @@ def test_debug_shows_the_traceback():
 
 
 def test_demo_quick_via_cli(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "toy2d", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "report:" in out and (tmp_path / "report.html").exists()  # the tour: one report for every demo
-    page = (tmp_path / "report.html").read_text()
+    report = tmp_path / "toy2d" / "report.html"
+    assert "report:" in out and report.exists()
+
+
+def test_the_tour_writes_one_report_in_the_order_the_demos_ran(tour_root):
+    page = (tour_root / "report.html").read_text()  # the session's quick tour, as `deepscope demo --quick` runs it
     toy, shapes = page.index("toy2d · The task"), page.index("shapes · Why did the model predict this?")
-    assert toy < shapes  # the demos appear in the order they ran
+    assert toy < shapes
 
 
 @pytest.mark.parametrize(
