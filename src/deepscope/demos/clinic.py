@@ -119,14 +119,14 @@ def _train_setup(run_dir: Path, setup: _Setup) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(setup.seed)
     steps = math.ceil(len(x_train) / setup.batch_size)
     kwargs = {"every": 5, "layers": (), **setup.recorder}
+    peak_every, peak_lr = setup.lr_peak
     with Recorder(model, run_dir, probe=probe, optimizer=optimizer, overwrite=True, **kwargs) as rec:
         for epoch in range(setup.epochs):
             order = torch.randperm(len(x_train), generator=generator)
             for i in range(steps):
-                every, peak = setup.lr_peak
-                if every:
-                    at_peak = (epoch * steps + i) % every == every - 1
-                    optimizer.param_groups[0]["lr"] = peak if at_peak else setup.lr
+                if peak_every:
+                    at_peak = (epoch * steps + i) % peak_every == peak_every - 1
+                    optimizer.param_groups[0]["lr"] = peak_lr if at_peak else setup.lr
                 index = order[i * setup.batch_size : (i + 1) * setup.batch_size]
                 logits = model(x_train[index])
                 if setup.naive_log_softmax:
