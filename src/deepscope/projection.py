@@ -76,15 +76,15 @@ def project_frames(
 
 def _aligned_umap(stacked: np.ndarray, seed: int, n_neighbors: int) -> np.ndarray:
     """UMAP of every frame at once (umap-learn's AlignedUMAP: each point is tied to itself in the next frame)."""
+    n_points = stacked.shape[1]
+    if n_points < 3:  # checked before the import, which compiles for half a minute in a new environment
+        raise ValueError(f"UMAP needs at least 3 points per frame, got {n_points}")
     try:
         import umap
     except ImportError as err:
         raise ImportError(
             "projection='umap' needs umap-learn: pip install 'deepscope[umap]' (or use the default 'pca')"
         ) from err
-    n_points = stacked.shape[1]
-    if n_points < 3:
-        raise ValueError(f"UMAP needs at least 3 points per frame, got {n_points}")
     neighbors = min(n_neighbors, n_points - 1)
     with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": a seed is the point here
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
