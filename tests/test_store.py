@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -468,6 +469,37 @@ def test_missing_store_and_foreign_file(tmp_path):
             opener(other)
 
 
+def test_reading_a_finished_run_adds_no_files_next_to_it(tmp_path):
+    def journal() -> str:
+        with contextlib.closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as conn:
+            return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+    def side_files() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"{STORE_FILENAME}-"))
+
+    with RunWriter(tmp_path) as writer:
+        writer.add_scalar("loss", 0, 1.5)
+    assert journal() == "delete"
+    with RunReader(tmp_path) as reader:
+        assert reader.scalars("loss").values.tolist() == [1.5]
+    assert side_files() == []
+
+    writer = RunWriter(tmp_path)  # resumed: WAL again, so a reader can follow it live
+    writer.add_scalar("loss", 1, 1.0)
+    writer.flush()
+    reader = RunReader(tmp_path)
+    assert reader.scalars("loss").values.tolist() == [1.5, 1.0]
+    started = time.monotonic()
+    writer.close()  # a reader holds the store: it stays in WAL mode, and the writer does not wait for the reader
+    assert time.monotonic() - started < 5
+    assert reader.scalars("loss").values.tolist() == [1.5, 1.0]
+    reader.close()
+    assert journal() == "wal"
+    with RunWriter(tmp_path):
+        pass
+    assert (journal(), side_files()) == ("delete", [])
+
+
 def test_reader_falls_back_to_immutable_in_a_read_only_folder(tmp_path, monkeypatch):
     """A read-only WAL open needs a ``-shm`` file it cannot create there; tests run as root, so simulate it."""
     with RunWriter(tmp_path, name="ro") as writer:
@@ -528,7 +560,8 @@ def test_stored_json_columns_are_plain_json(tmp_path):
         dtype, shape = conn.execute("SELECT dtype, shape FROM tensors").fetchone()
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
     assert json.loads(schema) == SCHEMA_VERSION and json.loads(config) == {"lr": 0.1}
-    assert np.dtype(dtype) == np.float32 and json.loads(shape) == [2, 3] and mode == "wal"
+    assert np.dtype(dtype) == np.float32 and json.loads(shape) == [2, 3]
+    assert mode == "delete"  # a finished run is a plain rollback-journal file: no -wal/-shm files to carry along
 
 
 def test_delete_run_removes_the_store_and_blobs_only(tmp_path):

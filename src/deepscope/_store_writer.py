@@ -117,6 +117,20 @@ def _close_open_writers() -> None:
             writer.close()
 
 
+def _leave_wal(conn: sqlite3.Connection) -> None:
+    """Switch a store whose writer is closing back to a rollback journal, when no reader holds it open.
+
+    WAL mode lets readers follow a live run, but it is a property of the file: every later read-only
+    connection would create ``-wal`` and ``-shm`` files next to a finished run, and could not open it
+    at all in a folder it may not write to. A reader still connected keeps the store in WAL mode
+    (the switch needs the file to itself; the writer does not wait for it), as safe, just untidier.
+    The next writer switches it back to WAL.
+    """
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA journal_mode=DELETE")
+
+
 @dataclass
 class _Batch:
     scalars: list[tuple] = field(default_factory=list)
@@ -458,6 +472,7 @@ class RunWriter(RunLocation):
                 if stopping:
                     return
         finally:
+            _leave_wal(self._conn)
             self._conn.close()
             self._lock.release()
 

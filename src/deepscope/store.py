@@ -1,8 +1,9 @@
 """The run store: one SQLite file per run, written asynchronously, read by reports and the dashboard.
 
-A run lives in a folder: ``<run_dir>/run.sqlite`` (WAL mode, ``synchronous=NORMAL``) holds every
-row, and ``<run_dir>/blobs/`` holds large arrays (``.npy``) and media files referenced by relative
-path. :class:`RunWriter` buffers rows in memory and a background thread commits them in one
+A run lives in a folder: ``<run_dir>/run.sqlite`` (WAL mode while it is written, ``synchronous=NORMAL``;
+back to a rollback journal when its writer closes, so reading a finished run adds no files next to
+it) holds every row, and ``<run_dir>/blobs/`` holds large arrays (``.npy``) and media files
+referenced by relative path. :class:`RunWriter` buffers rows in memory and a background thread commits them in one
 transaction every ``flush_seconds`` or ``flush_rows`` rows, so a training loop pays about a
 microsecond per scalar; a crash loses at most the unflushed batch and never corrupts the file.
 :class:`RunReader` opens the file read-only and works while a writer is still writing.
@@ -137,10 +138,11 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     """Open ``path`` read-only; in a read-only folder, open a store with no ``-wal`` file as immutable.
 
     A read-only connection to a WAL database still needs its ``-shm`` index, which SQLite cannot
-    create in a folder it may not write to. A store whose writer closed cleanly has no ``-wal`` file
-    (the last connection checkpoints and removes it), so nothing can change under the reader and
-    ``immutable=1`` (no locks, no index) reads it safely. With a ``-wal`` file present the original
-    connection is kept and its error surfaces on first use, as before.
+    create in a folder it may not write to. A writer that closes leaves the store in rollback mode,
+    which needs none; a store still in WAL mode (a reader held it when its writer closed, or an
+    older deepscope wrote it) but with no ``-wal`` file has nothing that can change under the
+    reader, so ``immutable=1`` (no locks, no index) reads it safely. With a ``-wal`` file present
+    the original connection is kept and its error surfaces on first use, as before.
     """
     uri = path.resolve().as_uri()
 
