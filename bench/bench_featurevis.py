@@ -59,10 +59,14 @@ def transformed_sizes(model: torch.nn.Module, steps: int) -> list[int]:
     return sizes
 
 
+def _requires_grad(model: torch.nn.Module, on: bool) -> None:
+    for p in model.parameters():
+        p.requires_grad_(on)
+
+
 def floor(model: torch.nn.Module, sizes: list[int], full: bool) -> None:
     layer3 = {"layer3": model.layer3}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    _requires_grad(model, False)
     device = next(model.parameters()).device
     images = {side: torch.rand(1, 3, side, side, device=device, requires_grad=True) for side in set(sizes)}
     captured: dict[str, torch.Tensor] = {}
@@ -77,8 +81,7 @@ def floor(model: torch.nn.Module, sizes: list[int], full: bool) -> None:
         torch.autograd.grad(out[:, 5].mean(), x)
     if handle is not None:
         handle.remove()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    _requires_grad(model, True)
 
 
 def deepscope_steps(model: torch.nn.Module, steps: int) -> None:
@@ -87,8 +90,7 @@ def deepscope_steps(model: torch.nn.Module, steps: int) -> None:
 
 def pipeline_steps(model: torch.nn.Module, steps: int, with_model: bool) -> None:
     """The image pipeline deepscope's step runs around the floor, in a bare loop; with the model or on its own."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    _requires_grad(model, False)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
     image = Fourier(1, (SIZE, SIZE), generator=generator, device=device)
@@ -103,16 +105,14 @@ def pipeline_steps(model: torch.nn.Module, steps: int, with_model: bool) -> None
         else:
             (image.spectrum.grad,) = torch.autograd.grad(x, image.spectrum, torch.full_like(x, 1e-4))
         optimizer.step()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    _requires_grad(model, True)
 
 
 def lucent_steps(model: torch.nn.Module, steps: int, frozen: bool) -> None:
     from lucent.optvis import param, render, transform
 
     if frozen:
-        for p in model.parameters():
-            p.requires_grad_(False)
+        _requires_grad(model, False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         render.render_vis(
@@ -120,9 +120,8 @@ def lucent_steps(model: torch.nn.Module, steps: int, frozen: bool) -> None:
             transforms=transform.standard_transforms, thresholds=(steps,), show_image=False, progress=False,
             preprocess=False,
         )  # fmt: skip
-    for p in model.parameters():
-        p.requires_grad_(True)
-        p.grad = None
+    _requires_grad(model, True)
+    model.zero_grad(set_to_none=True)
 
 
 def _synchronised(run: Callable[[], None]) -> Callable[[], None]:

@@ -1,12 +1,13 @@
 """The run store: one SQLite file per run, written asynchronously, read by reports and the dashboard.
 
-A run lives in a folder: ``<run_dir>/run.sqlite`` (WAL mode while it is written, ``synchronous=NORMAL``;
-back to a rollback journal when its writer closes, so reading a finished run adds no files next to
-it) holds every row, and ``<run_dir>/blobs/`` holds large arrays (``.npy``) and media files
-referenced by relative path. :class:`RunWriter` buffers rows in memory and a background thread commits them in one
-transaction every ``flush_seconds`` or ``flush_rows`` rows, so a training loop pays about a
-microsecond per scalar; a crash loses at most the unflushed batch and never corrupts the file.
-:class:`RunReader` opens the file read-only and works while a writer is still writing.
+A run lives in a folder: ``<run_dir>/run.sqlite`` holds every row (WAL mode while it is written,
+``synchronous=NORMAL``; back to a rollback journal when its writer closes, so reading a finished
+run adds no files next to it), and ``<run_dir>/blobs/`` holds large arrays (``.npy``) and media
+files referenced by relative path. :class:`RunWriter` buffers rows in memory and a background
+thread commits them in one transaction every ``flush_seconds`` or ``flush_rows`` rows, so a
+training loop pays about a microsecond per scalar; a crash loses at most the unflushed batch and
+never corrupts the file. :class:`RunReader` opens the file read-only and works while a writer is
+still writing.
 
 The schema, record types and shared encodings live in ``deepscope._store_schema`` and the
 writer in ``deepscope._store_writer``; this module reads and re-exports the public names.
