@@ -1,7 +1,9 @@
 """Scale-out without Ray: shards, exact merges of partial statistics, explain_dataset's files, errors."""
 
+import io
 import itertools
 import json
+import pickle
 from functools import partial
 
 import numpy as np
@@ -19,6 +21,7 @@ from deepscope.layer_stats import _activation_work, _ActivationSettings, _first_
 from deepscope.scale import Coverage, Ray, ShardFailure, explain_dataset, open_explanations
 from deepscope.scale._shards import Shard, plan, shard_seed, view
 from deepscope.scale.backends import resolve
+from deepscope.scale.explain import _explain_work, _Settings
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +258,25 @@ def test_a_stochastic_method_is_reproduced_by_its_seed_and_shards(shapes_model, 
     # the same shard plan gives the same maps whatever the batch size (RISE draws per explain call: one call per shard)
     whole = run(out=tmp_path / "d", batch_size=10)
     assert whole.maps(range(24)).shape == (24, 32, 32)
+
+
+class _PicklerOfTorch23(pickle.Pickler):
+    """Pickles as torch 2.3 does: a torch.Generator cannot be pickled (newer torch can)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.Generator):
+            raise TypeError("cannot pickle 'torch._C.Generator' object")
+        return NotImplemented
+
+
+def test_a_stochastic_shards_result_pickles_without_its_generator(shapes_model):
+    """What a Ray worker sends back holds no generator (explain() keeps it in its provenance)."""
+    model, data = shapes_model
+    settings = _Settings("rise", {"n_masks": 16}, None, None, batch_size=4, seed=0, dtype="float32")
+    result = _explain_work(model, data.images[:6], Shard(0, 0, 6), settings=settings)
+    _PicklerOfTorch23(io.BytesIO()).dump(result)
+    assert result.params["n_masks"] == 16 and "generator" not in result.params
+    json.dumps(result.params)
 
 
 def test_float16_halves_the_maps_and_an_overflow_raises(shapes_model, tmp_path):

@@ -212,7 +212,7 @@ def explain_dataset(
     _write_summary(folder, means, counts)
     manifest = {
         "format": _FORMAT, "method": method, "layer": first.layer, "target": _target_label(target),
-        "params": _json_safe(first.params), "items": size, "map_shape": list(first.map_shape), "dtype": dtype,
+        "params": first.params, "items": size, "map_shape": list(first.map_shape), "dtype": dtype,
         "batch_size": batch_size, "shard_size": shard_size, "seed": seed, "backend": coverage.backend,
         "seconds": round(time.time() - started, 3),
         "shards": [_fields(f) for f in files], "failed": [_fields(f) for f in coverage.failed],
@@ -270,7 +270,7 @@ class _Explained:
     counts: dict[int, int]
     map_shape: tuple[int, ...]
     layer: str | None
-    params: dict[str, Any]
+    params: dict[str, Any]  # JSON-safe: a Ray worker pickles it, and torch 2.3 cannot pickle a generator
 
 
 def _explain_work(model: nn.Module, items: Any, shard: Shard, *, settings: _Settings) -> _Explained:
@@ -310,7 +310,9 @@ def _explain_work(model: nn.Module, items: Any, shard: Shard, *, settings: _Sett
         buffer, positions=np.arange(shard.start, position, dtype=np.int64), maps=np.concatenate(maps),
         targets=np.concatenate(targets), scores=np.concatenate(scores),
     )  # fmt: skip
-    return _Explained(buffer.getvalue(), sums, counts, tuple(maps[0].shape[1:]), result.layer, result.params)
+    return _Explained(
+        buffer.getvalue(), sums, counts, tuple(maps[0].shape[1:]), result.layer, _json_safe(result.params)
+    )
 
 
 def _write_shard(folder: Path, shard: Shard, result: _Explained) -> tuple[ShardFile, _Explained]:
