@@ -261,8 +261,9 @@ class RunWriter(RunLocation):
         with self._cond:
             err, self._error = self._error, None
         if err is not None:
-            if hasattr(err, "add_note"):
-                err.add_note(f"raised by the deepscope run-store writer thread of {self._path}; that batch was lost")
+            note = f"raised by the deepscope run-store writer thread of {self._path}; that batch was lost"
+            # what BaseException.add_note (Python >= 3.11) does, and on 3.10 the attribute pytest reads
+            err.__notes__ = [*getattr(err, "__notes__", []), note]
             raise err
 
     def _added(self, rows: int, nbytes: int = 0) -> None:
