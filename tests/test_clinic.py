@@ -41,3 +41,26 @@ def test_cleanlab_agrees_with_the_suspicious_labels(diagnosed):
     finding = next(f for f in diagnosed["label noise"] if f.check == "label_noise")
     assert finding.evidence["confirmed_by_cleanlab"] >= 0.8
     assert finding.evidence["share"] > 0.05 and len(finding.evidence["examples"]) == 20
+
+
+def test_the_cleanlab_cross_check_starts_no_process(monkeypatch):
+    """Not even on an 8-core machine, where cleanlab would fork a pool of the training process by default."""
+    pytest.importorskip("cleanlab")
+    import multiprocessing
+
+    import numpy as np
+    import psutil
+
+    from deepscope._checks_data import _cleanlab_overlap
+
+    def no_pool(*_args, **_kwargs):
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 8)
+    labels = np.repeat(np.arange(4), 50)
+    probabilities = np.eye(4)[labels] * 0.9 + 0.025
+    probabilities[:10] = np.roll(probabilities[:10], 1, axis=1)  # ten confidently mislabelled samples
+    suspicious = np.zeros(len(labels), bool)
+    suspicious[:5] = True
+    assert _cleanlab_overlap(probabilities, labels, suspicious) == 1.0

@@ -151,7 +151,9 @@ def _cleanlab_overlap(probabilities: np.ndarray, labels: np.ndarray, suspicious:
     except ImportError:
         return None
     try:
-        issues = find_label_issues(labels, probabilities)
+        # one process: a probe set is small (4-10x faster than cleanlab's pool), and forking a process that runs
+        # threads (torch's, a run writer's) can deadlock the child
+        issues = find_label_issues(labels, probabilities, n_jobs=1)
     except (ValueError, IndexError):  # e.g. a class absent from the probe set
         return None
     return float(np.mean(issues[suspicious])) if len(suspicious) else None
