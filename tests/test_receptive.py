@@ -34,6 +34,10 @@ def _arithmetic(layers):
             [nn.Conv2d(1, 4, 3), nn.AvgPool2d(3, stride=3), nn.Conv2d(4, 4, 2, stride=2)],
             [(3, 1, 0, 1), (3, 3, 0, 1), (2, 2, 0, 1)],
         ),
+        (  # SqueezeNet's stem: on 24 px no unit sees the last pixel, so the last unit's field ends early
+            [nn.Conv2d(1, 4, 7, stride=2), nn.MaxPool2d(3, stride=2, ceil_mode=True), nn.Conv2d(4, 4, 3, padding=1)],
+            [(7, 2, 0, 1), (3, 2, 0, 1), (3, 1, 1, 1)],
+        ),
     ],
 )  # fmt: skip
 def test_plain_stacks_match_the_arithmetic(modules, geometry):
@@ -100,3 +104,59 @@ def test_layers_without_a_grid_are_refused():
         receptive_field(net, "2", (1, 8, 8))
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         receptive_field(net, "0", (8, 8))
+
+
+class _SqueezeExcite(nn.Module):
+    """A squeeze-and-excitation gate: global pooling (by module or by ``mean``) feeding a per-channel scale."""
+
+    def __init__(self, channels: int, by_mean: bool):
+        super().__init__()
+        self.by_mean = by_mean
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Conv2d(channels, 2, 1), nn.ReLU(), nn.Conv2d(2, channels, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.fc(x.mean((2, 3), keepdim=True) if self.by_mean else self.pool(x))
+
+
+@pytest.mark.parametrize("by_mean", [False, True], ids=["pool-module", "mean"])
+def test_squeeze_excitation_gates_do_not_widen_the_field(by_mean):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _SqueezeExcite(4, by_mean), nn.Conv2d(4, 4, 3, stride=2))
+    rf = receptive_field(net, "2", (3, 24, 24))
+    size, jump, start = _arithmetic([(3, 1, 1, 1), (3, 2, 0, 1)])
+    assert (rf.size, rf.jump, rf.start) == ((size, size), (jump, jump), (start, start))
+
+
+def test_a_mobilenet_v3_field_is_its_convolutions_field():
+    """Squeeze-and-excitation blocks made every MobileNetV3 field global: the canvas grew until memory ran out."""
+    model = torchvision.models.mobilenet_v3_small(weights=None)
+    gated = receptive_field(model, "features.5", (3, 64, 64))
+    for block in model.modules():  # without the gates: only the convolutions remain
+        for name, child in block.named_children():
+            if isinstance(child, torchvision.ops.SqueezeExcitation):
+                setattr(block, name, nn.Identity())
+    assert gated == receptive_field(model, "features.5", (3, 64, 64))
+    assert gated.jump == (16, 16) and 64 < gated.size[0] < 200
+
+
+def test_a_field_that_does_not_fit_in_memory_is_refused_with_its_cost(monkeypatch):
+    class RunningSum(nn.Module):  # each unit sees every pixel to its left: no canvas is wide enough
+        def forward(self, x):
+            return x.cumsum(-1)
+
+    monkeypatch.setattr("deepscope.receptive._MAX_PROBE_BYTES", 2**20)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), RunningSum(), nn.Conv2d(2, 2, 3, padding=1))
+    with pytest.raises(ValueError, match=r"'2' is wider than the \d+×\d+ canvas .* (MiB|GiB) \(the limit is 1 MiB\)"):
+        receptive_field(net, "2", (1, 16, 16))
+    with pytest.raises(ValueError, match=r"pass a smaller input_shape"):
+        receptive_field(net, "2", (1, 512, 512))
+
+
+def test_a_layer_that_sees_two_windows_is_not_a_regular_grid():
+    class Mirror(nn.Module):  # unit j sees around column j and around its mirror image
+        def forward(self, x):
+            return x + x.flip(-1)
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Mirror(), nn.Conv2d(2, 2, 3, padding=1))
+    with pytest.raises(ValueError, match="regular grid"):
+        receptive_field(net, "2", (1, 16, 16))

@@ -9,10 +9,17 @@ from an input pixel to the unit carries a positive gradient, so the support of `
 on an all-ones input is exactly the receptive field — padding, stride, dilation, pooling and
 branches (residual additions, concatenations) included. The user's model is not touched.
 
-Convolutional geometry is translation-equivariant, so one measurement on a canvas large enough
-for an interior unit gives the size, the jump between neighbouring units and the offset of unit
-``(0, 0)``; :meth:`ReceptiveField.box` then places any unit, clipped to the image. The formula is
-checked against a measured corner unit, and a layer whose geometry is not a regular grid raises.
+Paths through global pooling (the squeeze-and-excitation gates of MobileNetV3, EfficientNet and
+RegNetY, global context blocks) are left out: through them every unit depends on every pixel,
+so counting them would make every field the whole image. The field reported is the local window
+the unit's features are computed from; the gates only rescale them.
+
+Convolutional geometry is translation-equivariant: a field's size, the jump between neighbouring
+units and the offset of unit ``(0, 0)`` describe every unit, and :meth:`ReceptiveField.box` places
+any unit, clipped to the image. They are read from the edges the canvas does not clip (the ends of
+units 0 and 1, the start of the last unit), so a canvas about half the field's size is enough; the
+canvas grows, doubling within a memory limit, until then. The result is checked against every
+measured unit, and a layer whose geometry is not a regular grid raises.
 
 Example:
     >>> from torch import nn
@@ -42,6 +49,7 @@ from deepscope.layers import LayerSpec, resolve_layer
 __all__ = ["ReceptiveField", "receptive_field"]
 
 _MAX_CANVAS = 4096  # the largest input side tried when a unit's field does not fit
+_MAX_PROBE_BYTES = 4 * 2**30  # the memory one measurement may take (float64 activations kept for the backward)
 
 
 @dataclass(frozen=True)
@@ -116,53 +124,140 @@ def receptive_field(model: nn.Module, layer: LayerSpec, input_shape: Sequence[in
     channels, height, width = (int(v) for v in input_shape)
     canvas = (height, width)
     while True:
-        grid = _grid(probe, target, (channels, *canvas))
-        center = (grid[0] // 2, grid[1] // 2)
-        box = _measured_box(probe, target, (channels, *canvas), center)
-        clipped = box[0] == 0 or box[1] == 0 or box[2] == canvas[0] or box[3] == canvas[1]
-        if not clipped or max(canvas) >= _MAX_CANVAS:
-            break
-        canvas = (min(2 * canvas[0] + 1, _MAX_CANVAS), min(2 * canvas[1] + 1, _MAX_CANVAS))
-    if clipped:
-        raise ValueError(f"the receptive field of {name!r} is wider than a {_MAX_CANVAS}-pixel canvas")
+        grid, probe_bytes = _grid(probe, target, (channels, *canvas))
+        if probe_bytes > _MAX_PROBE_BYTES:
+            raise _too_large(name, canvas, probe_bytes)
+        field = _field_on_canvas(probe, target, name, (channels, *canvas), grid)
+        if field is not None:
+            return field
+        larger = (min(2 * canvas[0] + 1, _MAX_CANVAS), min(2 * canvas[1] + 1, _MAX_CANVAS))
+        needed = probe_bytes * larger[0] * larger[1] / (canvas[0] * canvas[1])
+        if larger == canvas:
+            raise ValueError(f"the receptive field of {name!r} is wider than the largest canvas, {_MAX_CANVAS} px")
+        if needed > _MAX_PROBE_BYTES:
+            raise _too_large(name, larger, needed, fits=canvas)
+        canvas = larger
+
+
+def _field_on_canvas(
+    probe: nn.Module, target: nn.Module, name: str, shape: tuple[int, int, int], grid: tuple[int, int]
+) -> ReceptiveField | None:
+    """The field read from the edges the canvas does not clip, or ``None`` when the canvas is too small.
+
+    Unit 0's and unit 1's bottom (right) edges give the jump and the end of unit 0's field; the last
+    unit's top (left) edge gives the start. A canvas about half the field's size is then enough; the
+    boxes of those units and of the centre unit, predicted from the result, must match the measured ones.
+    """
+    canvas = shape[1:]
+    center = (grid[0] // 2, grid[1] // 2)
+    measured = {unit: _measured_box(probe, target, shape, unit) for unit in [center, (0, 0)]}
+    center_fits = all(measured[center][a] > 0 and measured[center][a + 2] < canvas[a] for a in (0, 1))
     if grid[0] < 2 or grid[1] < 2:
-        raise ValueError(f"layer {name!r} has a {grid[0]}×{grid[1]} output: no grid of units to place")
-    step = (min(center[0] + 1, grid[0] - 1), min(center[1] + 1, grid[1] - 1))
-    other = _measured_box(probe, target, (channels, *canvas), step)
-    jump = (other[0] - box[0]) // max(step[0] - center[0], 1), (other[1] - box[1]) // max(step[1] - center[1], 1)
-    size = (box[2] - box[0], box[3] - box[1])
-    start = (box[0] - center[0] * jump[0], box[1] - center[1] * jump[1])
-    field = ReceptiveField(name, size, jump, start)
-    corner = _measured_box(probe, target, (channels, *canvas), (0, 0))
-    if field.box(0, 0, canvas) != corner:
-        raise ValueError(
-            f"layer {name!r} does not see its input on a regular grid (unit (0, 0) sees {corner}, the grid "
-            f"predicts {field.box(0, 0, canvas)}); receptive fields are defined for convolutional stacks"
+        if center_fits:
+            raise ValueError(f"layer {name!r} has a {grid[0]}×{grid[1]} output: no grid of units to place")
+        return None
+    last = (grid[0] - 1, grid[1] - 1)
+    for unit in [(1, 1), last]:
+        measured[unit] = _measured_box(probe, target, shape, unit)
+    first_end, second_end, last_start = measured[(0, 0)][2:], measured[(1, 1)][2:], measured[last][:2]
+    jump = (second_end[0] - first_end[0], second_end[1] - first_end[1])
+    start = (last_start[0] - last[0] * jump[0], last_start[1] - last[1] * jump[1])
+    field = ReceptiveField(name, (first_end[0] - start[0], first_end[1] - start[1]), jump, start)
+    edges_seen = all(second_end[a] < canvas[a] and last_start[a] > 0 for a in (0, 1))
+    mismatch = next((unit for unit, box in measured.items() if not _agrees(field, unit, box, canvas, last)), None)
+    if edges_seen and mismatch is None:
+        return field
+    if not center_fits:
+        return None  # a clipped edge misled the reading: a larger canvas shows it
+    # on a regular grid, a centre unit whose field fits leaves every edge read above unclipped
+    unit = mismatch or center
+    raise ValueError(
+        f"layer {name!r} does not see its input on a regular grid (unit {unit} sees {measured[unit]}, the grid "
+        f"predicts {field.box(*unit, canvas)}); receptive fields are defined for convolutional stacks"
+    )
+
+
+def _agrees(
+    field: ReceptiveField,
+    unit: tuple[int, int],
+    box: tuple[int, int, int, int],
+    canvas: tuple[int, int],
+    last: tuple[int, int],
+) -> bool:
+    """Whether ``unit``'s measured box is the one ``field`` predicts; only its start for the last unit.
+
+    The last unit's field may end early: a strided layer that does not tile the canvas exactly never
+    sees its last pixels (SqueezeNet, Inception on even sizes).
+    """
+    predicted = field.box(*unit, canvas)
+    return predicted[:2] == box[:2] if unit == last else predicted == box
+
+
+def _too_large(name: str, canvas: tuple[int, int], needed: float, fits: tuple[int, int] | None = None) -> ValueError:
+    cost = f"a {canvas[0]}×{canvas[1]} canvas would take about {_size(needed)} (the limit is {_size(_MAX_PROBE_BYTES)})"
+    if fits is None:
+        return ValueError(
+            f"cannot measure the receptive field of {name!r}: {cost}; pass a smaller input_shape (the canvas "
+            "grows by itself when a field is wider than the input)"
         )
-    return field
+    return ValueError(
+        f"the receptive field of {name!r} is wider than the {fits[0]}×{fits[1]} canvas it was measured on, and "
+        f"{cost}; an earlier layer has a narrower field"
+    )
 
 
 _NORMALISATIONS = frozenset({"batch_norm", "group_norm", "layer_norm", "instance_norm", "rms_norm"})
 
 
-class _PoolAsAverage(TorchFunctionMode):
-    """Max-pooling becomes average pooling over the same windows, so every position of a window gets gradient.
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
-    Normalisation functions become the identity: they would make values negative, and ReLUs would cut paths.
+
+_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "norm"})
+
+
+class _GeometryMode(TorchFunctionMode):
+    """Runs the probe copy so that gradients trace the network's local geometry, and counts the memory used.
+
+    Max-pooling becomes average pooling over the same windows, so every position of a window gets
+    gradient. Normalisation functions become the identity: they would make values negative, and
+    ReLUs would cut paths. Global pooling (every spatial position reduced to one) is detached:
+    the squeeze-and-excitation gates it feeds would otherwise connect every unit to every pixel.
+    ``elements`` counts the values the forward pass produced (what the backward keeps, roughly).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name.startswith("max_pool"):
-            return _average_pool(*args, with_indices=name.endswith("with_indices"), **kwargs)
-        if name.startswith("adaptive_max_pool"):
+            out = _average_pool(*args, with_indices=name.endswith("with_indices"), **kwargs)
+        elif name.startswith("adaptive_max_pool"):
             x = args[0]
             out = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[x.ndim - 2](x, args[1])
-            return (out, torch.zeros_like(out, dtype=torch.long)) if name.endswith("with_indices") else out
-        if name in _NORMALISATIONS:
+            out = (out, torch.zeros_like(out, dtype=torch.long)) if name.endswith("with_indices") else out
+        elif name in _NORMALISATIONS:
             return args[0]
-        return func(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        if _is_global_pool(name, args, out):
+            out = out.detach()
+        if isinstance(out, Tensor):
+            self.elements += out.numel()
+        return out
+
+
+def _is_global_pool(name: str, args: Sequence[Any], out: Any) -> bool:
+    """Whether ``out`` reduces every spatial position of a ``(N, C, H, W)`` input to one value per channel."""
+    x = args[0] if args else None
+    if not (isinstance(out, Tensor) and isinstance(x, Tensor) and x.ndim == 4 and x.shape[2] * x.shape[3] > 1):
+        return False
+    if not (name.startswith("adaptive_") or name in _REDUCTIONS):
+        return False
+    return out.numel() <= x.shape[0] * x.shape[1]
 
 
 def _average_pool(
@@ -209,17 +304,19 @@ def _geometry_copy(model: nn.Module) -> nn.Module:
     return probe
 
 
-def _layer_output(probe: nn.Module, target: nn.Module, x: Tensor) -> Tensor:
-    with _PoolAsAverage():
+def _layer_output(probe: nn.Module, target: nn.Module, x: Tensor, mode: _GeometryMode | None = None) -> Tensor:
+    with mode or _GeometryMode():
         return forward_until(probe, {"layer": target}, x)["layer"]
 
 
-def _grid(probe: nn.Module, target: nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
+def _grid(probe: nn.Module, target: nn.Module, shape: tuple[int, int, int]) -> tuple[tuple[int, int], int]:
+    """The layer's output grid on a canvas of ``shape``, and the bytes a measurement on it takes (estimated)."""
+    mode = _GeometryMode()
     with torch.no_grad():
-        output = _layer_output(probe, target, torch.ones(1, *shape, dtype=torch.float64))
+        output = _layer_output(probe, target, torch.ones(1, *shape, dtype=torch.float64), mode)
     if output.ndim != 4:
         raise ValueError(f"receptive fields need a spatial layer output (N, C, H, W), got {tuple(output.shape)}")
-    return int(output.shape[2]), int(output.shape[3])
+    return (int(output.shape[2]), int(output.shape[3])), 8 * mode.elements
 
 
 def _measured_box(
