@@ -48,6 +48,7 @@ LAYERS = {
     "_manifest": 1,
     "_environment": 1,
     "receptive": 1,
+    "_model_copy": 1,
     "_forward": 1,
     "layer_stats": 2,
     "scale": 2,

@@ -153,10 +153,12 @@ def test_a_cell_shows_its_highest_loss_examples_then_the_galleries(tour_root):
     assert len({e["index"] for e in answer["examples"]}) == answer["shown"] == len(answer["examples"])
     assert answer["shown"] == _expected_stored_cells(meta, tensors)[(t, p)] < answer["count"]
     sources = Counter(e["source"] for e in answer["examples"][6:])
-    extra = f"{sources['gallery']} more from the error gallery and {sources['audit']} more from the cue audit"
-    assert (
-        answer["note"]
-        == f"{answer['count']} examples in this cell; showing {answer['shown']} (the 6 highest-loss, {extra})."
+    parts = ["the 6 highest-loss", f"{sources['gallery']} more from the error gallery"]
+    if sources["audit"]:  # whether the cue audit adds examples here depends on the trained model (and so the CPU)
+        parts.append(f"{sources['audit']} more from the cue audit")
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1]
+    assert sources["gallery"] > 0 and answer["note"] == (
+        f"{answer['count']} examples in this cell; showing {answer['shown']} ({listed})."
     )
     assert _thumb_matches(gallery[0]["image"], tensors[f"{P}/gallery/inputs"], in_gallery[0])
     assert _png(gallery[0]["map"]).shape == (64, 64, 3) and not np.array_equal(

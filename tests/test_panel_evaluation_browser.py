@@ -70,7 +70,8 @@ def test_click_an_off_diagonal_cell_and_see_its_examples(tour_root, tour_dashboa
     assert first.locator("img.evaluation-thumb").count() == 2  # the input and its Grad-CAM
     assert page.evaluate("document.querySelector('#evaluation-cell img').naturalWidth") == 64
     note = page.locator("#evaluation-cell .evaluation-note").text_content()
-    assert note.startswith(f"{counts[t, p]} examples in this cell; showing {shown} (the 6 highest-loss, ")
+    assert note.startswith(f"{counts[t, p]} examples in this cell; showing {shown} (the 6 highest-loss")
+    assert f"{stored - 6} more from the error gallery" in note  # the cue audit may add some too
     page.locator("#evaluation-cell details.evaluation-positions summary").click()
     assert page.locator("#evaluation-cell details.evaluation-positions p").is_visible()
     page.select_option("#evaluation-mode", "rates")  # row-normalised: each row of the heatmap sums to 1

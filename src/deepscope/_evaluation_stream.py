@@ -22,7 +22,7 @@ from deepscope._evaluation_cells import CellSelector
 from deepscope._progress import track
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet, first_tensor
-from deepscope.layers import LayerSpec, model_device, resolve_layer
+from deepscope.layers import LayerSpec, is_layer, model_device, resolve_layer
 from deepscope.scale._shards import Shard
 
 __all__ = ["Stream", "feature_layer", "merge_streams", "stream_work", "subsample"]
@@ -55,7 +55,7 @@ def feature_layer(model: nn.Module, layer: LayerSpec | None) -> FeatureLayer:
     if layer is not None:
         name, _ = resolve_layer(model, layer)
         return FeatureLayer(name, name, False)
-    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linear = [name for name, m in model.named_modules() if is_layer(m, nn.Linear)]
     if not linear:
         return FeatureLayer("", None, False)
     return FeatureLayer(f"{linear[-1]} (input)", linear[-1], True)

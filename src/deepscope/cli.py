@@ -200,7 +200,7 @@ def featurevis(
     if (layer is None) == (classes is None):
         both = ", not both" if layer is not None else ""
         raise typer.BadParameter(f"give --layer (to see its channels) or --classes (to see class logits){both}")
-    net = _load_cli_model(model, weights, trust_checkpoint)
+    net = _load_cli_model(model, weights, trust_checkpoint, size=size, resized=transforms != "none")
     if classes is not None:
         target, units = OUTPUT, _indices(classes, "--classes")
     else:
@@ -282,7 +282,7 @@ def evaluate(
         raise typer.BadParameter(f"no column {groups!r} in {data}; columns: {', '.join(columns) or 'none'}")
     names = class_names.split(",") if class_names else None
     labels, names = _label_indices(texts, names)
-    net = _load_cli_model(model, weights, trust_checkpoint)
+    net = _load_cli_model(model, weights, trust_checkpoint, size=size)
     images = LabelledImages(paths, labels, size=size, raw=no_normalize)
     result = run_evaluation(
         net, images, names, groups=columns[groups] if groups else None, batch_size=batch_size,
@@ -358,7 +358,7 @@ def explain_dataset(
     explained = _dataset_target(target)
     paths, texts, _ = read_labelled(data)
     labels, names = _label_indices(texts, class_names.split(",") if class_names else None)
-    net = _load_cli_model(model, weights, trust_checkpoint)
+    net = _load_cli_model(model, weights, trust_checkpoint, size=size)
     images = LabelledImages([p.resolve() for p in paths], labels, size=size, raw=no_normalize)  # workers read them
     spec = str(Path(model).resolve()) if Path(model).is_file() else model
     on_ray = backend == "ray"
@@ -368,7 +368,8 @@ def explain_dataset(
             net, images, method, out=out / "maps", target=explained, layer=layer,
             batch_size=batch_size, shard_size=shard_size, seed=seed, dtype=dtype,
             backend=Ray(address, workers, cpus_per_worker, gpus_per_worker) if on_ray else backend,
-            model_factory=partial(_architecture, spec, str(Path.cwd())) if on_ray else None, overwrite=overwrite,
+            model_factory=partial(_architecture, spec, str(Path.cwd()), trust_checkpoint) if on_ray else None,
+            overwrite=overwrite,
             **_parse_params(param or []),
         )  # fmt: skip
     except (FileExistsError, ImportError) as error:  # a folder it did not write; Ray not installed
@@ -396,13 +397,13 @@ def _dataset_target(text: str) -> int | str | None:
     return int(text)
 
 
-def _architecture(spec: str, cwd: str) -> nn.Module:
+def _architecture(spec: str, cwd: str, trust: bool) -> nn.Module:
     """The model ``spec`` names, without weights: the factory each Ray worker calls (explain_dataset sends them)."""
     from deepscope._loading import load_model
 
     if cwd not in sys.path:  # module:factory from the command's working directory, as in _load_cli_model
         sys.path.insert(0, cwd)
-    return load_model(spec)
+    return load_model(spec, trust_checkpoint=trust)
 
 
 @app.command()
@@ -497,14 +498,9 @@ def export_tensorboard(
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Argument(help="torchvision:NAME, a TorchScript file, or package.module:factory.")],
-    weights: Annotated[
-        Path | None, typer.Option(help="Checkpoint (state dict) to load, read with weights_only=True.")
-    ] = None,
-    trust_checkpoint: Annotated[
-        bool,
-        typer.Option("--trust-checkpoint", help="Allow arbitrary pickled objects in --weights (trusted files only)."),
-    ] = False,
+    model: _ModelArg,
+    weights: _WeightsOpt = None,
+    trust_checkpoint: _TrustOpt = False,
     input_shape: Annotated[
         str | None,
         typer.Option(help="Example input shape for output shapes, e.g. 1,3,224,224 (default for torchvision models)."),
@@ -533,12 +529,24 @@ def layers(
     _console().print(f"total parameters: {total:,} (trainable {trainable:,})")
 
 
-_ModelArg = Annotated[str, typer.Argument(help="torchvision:NAME, a TorchScript file, or package.module:factory.")]
+_ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="torchvision:NAME, a torch.export archive (.pt2, needs --trust-checkpoint), a TorchScript file, or "
+        "package.module:factory."
+    ),
+]
 _ImagesArg = Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")]
 _TargetOpt = Annotated[int | None, typer.Option(help="Class index to explain (default: the predicted class).")]
 _LayerOpt = Annotated[str | None, typer.Option(help="Layer for CAM methods (default: the last spatial layer).")]
 _WeightsOpt = Annotated[Path | None, typer.Option(help="Checkpoint (state dict), read with weights_only=True.")]
-_TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow arbitrary pickled objects in --weights.")]
+_TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Allow arbitrary pickled objects in --weights and in a .pt2 MODEL (trusted files only).",
+    ),
+]
 _SizeOpt = Annotated[int, typer.Option(help="Images are resized and centre-cropped to SIZE×SIZE.")]
 _RawOpt = Annotated[
     bool, typer.Option("--no-normalize", help="Feed [0, 1] pixels instead of ImageNet-normalised ones.")
@@ -737,7 +745,7 @@ def _prepare(
     """Load the model and the images (normalised batch + display copy) for explain/compare."""
     from deepscope._images import load_images
 
-    net = _load_cli_model(spec, weights, trust)
+    net = _load_cli_model(spec, weights, trust, size=size)
     batch, display = load_images(images, size=size, **({"mean": (0, 0, 0), "std": (1, 1, 1)} if raw else {}))
     return net, batch, display
 
@@ -748,12 +756,24 @@ def _tensor(array: np.ndarray) -> Tensor:
     return torch.from_numpy(array)
 
 
-def _load_cli_model(spec: str, weights: Path | None, trust_checkpoint: bool) -> nn.Module:
-    from deepscope._loading import load_model
+def _load_cli_model(
+    spec: str, weights: Path | None, trust_checkpoint: bool, *, size: int | None = None, resized: bool = False
+) -> nn.Module:
+    """The model; one exported for a single image size must take ``size`` (and cannot take ``resized`` images)."""
+    from deepscope._loading import fixed_image_size, load_model
 
     if "" not in sys.path and str(Path.cwd()) not in sys.path:  # like `python -m`: module:factory from the cwd
         sys.path.insert(0, str(Path.cwd()))
-    return load_model(spec, weights=weights, trust_checkpoint=trust_checkpoint)
+    net = load_model(spec, weights=weights, trust_checkpoint=trust_checkpoint)
+    fixed = fixed_image_size(net)
+    if fixed is not None and (resized or (size is not None and fixed != (size, size))):
+        side = f"--size {fixed[0]}" if fixed[0] == fixed[1] else "square images"
+        how = f"--transforms none and {side}" if resized else side
+        raise typer.BadParameter(
+            f"{spec} was exported for {fixed[0]}×{fixed[1]} images only{', which transforms resize' if resized else ''}"
+            f": it needs {how}, or an export with a dynamic height and width"
+        )
+    return net
 
 
 def _targets(result: AttributionMap) -> list[int | str]:

@@ -82,7 +82,7 @@ def deconv_project(
 
 
 def _project_batch(model: nn.Module, name: str, module: nn.Module, x: Tensor, units: Tensor | None) -> Tensor:
-    with torch.enable_grad(), relu_rules("deconvnet"):
+    with torch.enable_grad(), relu_rules("deconvnet", model):
         activations = forward_until(model, {name: module}, x)[name]
         seed = _one_hot_seed(activations.detach(), units)
         (projection,) = torch.autograd.grad(activations, x, grad_outputs=seed)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from deepscope.layers import LayerSpec, resolve_layer
+from deepscope.layers import LayerSpec, is_layer, resolve_layer
 from deepscope.repro import library_versions
 
 __all__ = ["FilterBank", "filters"]
@@ -54,13 +54,14 @@ def filters(model: nn.Module, layer: LayerSpec | None = None, *, normalize: Norm
     if normalize not in ("shared", "per_filter"):
         raise ValueError(f"normalize must be 'shared' or 'per_filter', got {normalize!r}")
     if layer is None:
-        found = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+        found = next(((n, m) for n, m in model.named_modules() if is_layer(m, nn.Conv2d)), None)
         if found is None:
             raise ValueError("the model has no nn.Conv2d layer; pass layer= to choose a convolution")
         name, module = found
     else:
         name, module = resolve_layer(model, layer)
     weight = getattr(module, "weight", None)
-    if not isinstance(module, nn.modules.conv._ConvNd) or not isinstance(weight, Tensor) or weight.ndim != 4:
+    convolution = any(is_layer(module, kind) for kind in (nn.Conv2d, nn.ConvTranspose2d))
+    if not convolution or not isinstance(weight, Tensor) or weight.ndim != 4:
         raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a 2-D convolution")
     return FilterBank(name, weight.detach().float().cpu().clone(), normalize, library_versions())

@@ -20,12 +20,16 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookSet", "first_tensor"]
+__all__ = ["TORCHSCRIPT_WAY_OUT", "HookSet", "first_tensor"]
 
 _UNSET = object()
+
+TORCHSCRIPT_WAY_OUT = "pass the eager model, or save it with torch.export.save (a .pt2 archive) instead of torch.jit"
+"""What to do when a TorchScript model cannot run an analysis (it takes no hooks and hides its calls)."""
 
 
 def first_tensor(value: Any) -> Tensor | None:
@@ -43,6 +47,20 @@ def first_tensor(value: Any) -> Tensor | None:
         if found is not None:
             return found
     return None
+
+
+def _hookable(module: nn.Module) -> nn.Module:
+    """Return ``module``; raise a ``TypeError`` that says what to do instead when it is a TorchScript module.
+
+    TorchScript modules refuse forward and backward hooks, which every layer analysis needs.
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        kind = getattr(module, "original_name", type(module).__name__)
+        raise TypeError(
+            f"a TorchScript module ({kind}) cannot take the hooks this analysis needs (torch.jit supports none): "
+            + TORCHSCRIPT_WAY_OUT
+        )
+    return module
 
 
 class HookSet:
@@ -91,21 +109,22 @@ class HookSet:
         A non-``None`` return value replaces the module's output. ``always_call`` runs the hook
         even when the forward raises.
         """
-        return self._add(module.register_forward_hook(fn, with_kwargs=with_kwargs, always_call=always_call))
+        hook = _hookable(module).register_forward_hook(fn, with_kwargs=with_kwargs, always_call=always_call)
+        return self._add(hook)
 
     def forward_pre(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> RemovableHandle:
         """Register a forward pre-hook ``fn(module, args)`` (``fn(module, args, kwargs)`` with kwargs).
 
         A non-``None`` return value replaces the module's inputs.
         """
-        return self._add(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
+        return self._add(_hookable(module).register_forward_pre_hook(fn, with_kwargs=with_kwargs))
 
     def full_backward(self, module: nn.Module, fn: Callable[..., Any]) -> RemovableHandle:
         """Register a full backward hook ``fn(module, grad_input, grad_output)``.
 
         A non-``None`` return value replaces ``grad_input``.
         """
-        self._backward_flags.setdefault(module, getattr(module, "_is_full_backward_hook", _UNSET))
+        self._backward_flags.setdefault(_hookable(module), getattr(module, "_is_full_backward_hook", _UNSET))
         return self._add(module.register_full_backward_hook(fn))
 
     def full_backward_pre(self, module: nn.Module, fn: Callable[..., Any]) -> RemovableHandle:
@@ -113,7 +132,7 @@ class HookSet:
 
         A non-``None`` return value replaces ``grad_output``.
         """
-        return self._add(module.register_full_backward_pre_hook(fn))
+        return self._add(_hookable(module).register_full_backward_pre_hook(fn))
 
     def tensor(self, tensor: Tensor, fn: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
         """Register a gradient hook ``fn(grad)`` on ``tensor`` (which must require grad).

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from deepscope._tags import TAGS
 from deepscope.filter_bank import FilterBank, filters
 from deepscope.layer_stats import ActivationStats, TopActivations, activations, top_activations
-from deepscope.layers import LayerSpec, resolve_layers
+from deepscope.layers import LayerSpec, is_layer, resolve_layers
 from deepscope.occlusion import OcclusionStudy
 from deepscope.repro import library_versions
 from deepscope.robustness import InvarianceCurves
@@ -137,4 +137,4 @@ def _record_studies(w: RunWriter, occlusion: Sequence[OcclusionStudy], curves: S
 
 
 def _has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return any(is_layer(m, nn.Conv2d) for m in model.modules())

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from deepscope.errors import LayerNotFoundError
 from deepscope.guard import preserved
-from deepscope.hooks import HookSet, first_tensor
+from deepscope.hooks import TORCHSCRIPT_WAY_OUT, HookSet, first_tensor
 
 __all__ = [
     "ACTIVATIONS",
@@ -35,6 +35,7 @@ __all__ = [
     "LayerSpec",
     "activation_bounds",
     "guess_spatial_layer",
+    "is_layer",
     "layer_names",
     "list_layers",
     "model_device",
@@ -185,13 +186,32 @@ class LayerInfo:
     is_leaf: bool
 
 
+def _exported_from(module: nn.Module) -> str | None:
+    """The qualified class a ``torch.export.unflatten`` sub-module was exported from (None for other modules)."""
+    if type(module).__module__ != "torch.export.unflatten":
+        return None
+    type_name = getattr(module, "type_name", None)  # torch >= 2.5
+    qualified = type_name() if callable(type_name) else None
+    return qualified if isinstance(qualified, str) else None
+
+
+def is_layer(module: nn.Module, kind: type[nn.Module]) -> bool:
+    """``isinstance(module, kind)``, also for a module that ``torch.export.unflatten`` rebuilt from a ``kind``.
+
+    Unflattened modules run the exported graph and lose their class; the class they came from is
+    compared by its qualified name, so subclasses of ``kind`` are not recognised there.
+    """
+    return isinstance(module, kind) or _exported_from(module) == f"{kind.__module__}.{kind.__qualname__}"
+
+
 def _type_name(module: nn.Module) -> str:
-    """The module's class name; for TorchScript modules, the class they were scripted from."""
+    """The module's class name; for TorchScript and unflattened exported modules, the class they came from."""
     if isinstance(module, torch.jit.ScriptModule):
         name = getattr(module, "original_name", None)
         if isinstance(name, str):
             return name
-    return type(module).__name__
+    exported = _exported_from(module)
+    return exported.rsplit(".", 1)[-1] if exported else type(module).__name__
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -320,6 +340,10 @@ def _input_signature(example_input: Any) -> Any:
     return repr(example_input)
 
 
+def _is_pooling(module: nn.Module, kinds: Sequence[type[nn.Module]]) -> bool:
+    return any(is_layer(module, kind) for kind in kinds)
+
+
 def _find_spatial_layer(model: nn.Module, example_input: Any) -> str:
     args, kwargs = _split_input(example_input, model_device(model))
     seen: list[tuple[str, tuple[int, ...]]] = []
@@ -338,12 +362,16 @@ def _find_spatial_layer(model: nn.Module, example_input: Any) -> str:
             if name and not isinstance(module, torch.jit.ScriptModule):
                 hooks.forward(module, make_hook(name))
         model(*args, **kwargs)
+    if not seen and isinstance(model, torch.jit.ScriptModule):  # its modules take no hooks: none was seen
+        raise ValueError(
+            f"the spatial layers of a TorchScript model cannot be found (it takes no hooks): {TORCHSCRIPT_WAY_OUT}"
+        )
     if not seen:
         raise ValueError(
             "no layer of the model outputs a spatial map (N, C, H, W); pass layer= explicitly, with reshape= "
             "for token outputs such as a ViT's (N, 1 + H*W, C)"
         )
     pooling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # a resize before the head, not a feature map
-    seen = [(name, shape) for name, shape in seen if not isinstance(model.get_submodule(name), pooling)] or seen
+    seen = [(name, shape) for name, shape in seen if not _is_pooling(model.get_submodule(name), pooling)] or seen
     spatial = [name for name, shape in seen if shape[2] * shape[3] > 1]
     return (spatial or [name for name, _ in seen])[-1]

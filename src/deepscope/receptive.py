@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from deepscope._forward import forward_until
+from deepscope._model_copy import model_copy
 from deepscope.layers import LayerSpec, resolve_layer
 
 __all__ = ["ReceptiveField", "receptive_field"]
@@ -124,7 +124,17 @@ def receptive_field(model: nn.Module, layer: LayerSpec, input_shape: Sequence[in
     channels, height, width = (int(v) for v in input_shape)
     canvas = (height, width)
     while True:
-        grid, probe_bytes = _grid(probe, target, (channels, *canvas))
+        try:
+            grid, probe_bytes = _grid(probe, target, (channels, *canvas))
+        except RuntimeError as error:  # e.g. a torch.export graph exported for one input size
+            if canvas == (height, width):
+                raise
+            first = str(error).strip().splitlines()[0]
+            raise ValueError(
+                f"measuring the receptive field of {name!r} needs a {canvas[0]}×{canvas[1]} canvas, larger than the "
+                f"{height}×{width} input, and the model refused it ({first}); a torch.export graph must be exported "
+                "with a dynamic height and width"
+            ) from error
         if probe_bytes > _MAX_PROBE_BYTES:
             raise _too_large(name, canvas, probe_bytes)
         field = _field_on_canvas(probe, target, name, (channels, *canvas), grid)
@@ -232,22 +242,38 @@ class _GeometryMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
+        name = _function_name(func)
+        if name in _NORMALISATIONS:
+            return args[0]
+        with_indices = name.endswith("with_indices") or _returns_pair(func)  # aten's adaptive_max_pool2d is a pair
         if name.startswith("max_pool"):
-            out = _average_pool(*args, with_indices=name.endswith("with_indices"), **kwargs)
+            out, asked = _average_pool(*args, **kwargs)
+            with_indices = with_indices or asked
         elif name.startswith("adaptive_max_pool"):
             x = args[0]
             out = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[x.ndim - 2](x, args[1])
-            out = (out, torch.zeros_like(out, dtype=torch.long)) if name.endswith("with_indices") else out
-        elif name in _NORMALISATIONS:
-            return args[0]
         else:
-            out = func(*args, **kwargs)
+            return self._counted(func(*args, **kwargs), name, args)
+        out = self._counted(out, name, args)
+        return (out, torch.zeros_like(out, dtype=torch.long)) if with_indices else out
+
+    def _counted(self, out: Any, name: str, args: Sequence[Any]) -> Any:
         if _is_global_pool(name, args, out):
             out = out.detach()
         if isinstance(out, Tensor):
             self.elements += out.numel()
         return out
+
+
+def _function_name(func: Any) -> str:
+    """``max_pool2d`` for ``F.max_pool2d`` and for ``aten.max_pool2d.default`` (what a ``torch.export`` graph calls)."""
+    packet = getattr(func, "overloadpacket", None)
+    return getattr(packet if packet is not None else func, "__name__", "")
+
+
+def _returns_pair(func: Any) -> bool:
+    schema = getattr(func, "_schema", None)  # aten operators only
+    return schema is not None and len(schema.returns) == 2
 
 
 def _is_global_pool(name: str, args: Sequence[Any], out: Any) -> bool:
@@ -268,14 +294,13 @@ def _average_pool(
     dilation: Any = 1,
     ceil_mode: bool = False,
     return_indices: bool = False,
-    *,
-    with_indices: bool = False,
-) -> Any:
+) -> tuple[Tensor, bool]:
+    """Average pooling over the max-pooling's windows, and whether the call asked for indices too."""
     if any(d != 1 for d in _tuple(dilation)):
         raise ValueError("receptive fields through dilated max-pooling are not supported")
     pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.ndim - 2]
     out = pool(x, kernel_size, stride if stride else kernel_size, padding, ceil_mode, count_include_pad=False)
-    return (out, torch.zeros_like(out, dtype=torch.long)) if (return_indices or with_indices) else out
+    return out, bool(return_indices)
 
 
 def _tuple(value: Any) -> tuple[int, ...]:
@@ -284,7 +309,7 @@ def _tuple(value: Any) -> tuple[int, ...]:
 
 def _geometry_copy(model: nn.Module) -> nn.Module:
     """A float64 copy in eval mode: averaging weights, zero biases, identity normalisation statistics."""
-    probe = copy.deepcopy(model).double().eval()
+    probe = model_copy(model).double().eval()
     with torch.no_grad():
         for module in probe.modules():
             for name, parameter in module.named_parameters(recurse=False):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from deepscope.guard import preserved
 from deepscope.hooks import HookSet
-from deepscope.layers import LayerSpec, guess_spatial_layer, model_device, resolve_layers
+from deepscope.layers import LayerSpec, guess_spatial_layer, is_layer, model_device, resolve_layers
 from deepscope.repro import library_versions
 
 __all__ = ["InvarianceCurves", "Transform", "invariance", "transform_images"]
@@ -155,7 +155,7 @@ def invariance(
 
 def _default_layers(model: nn.Module, example: Tensor) -> list[str]:
     """The first convolution and the last spatial layer (empty when the model has no convolution)."""
-    first = next((name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)), None)
+    first = next((name for name, module in model.named_modules() if is_layer(module, nn.Conv2d)), None)
     if first is None:
         raise ValueError("the model has no nn.Conv2d: pass layers=[...] to compare their features")
     last = guess_spatial_layer(model, example)

@@ -20,7 +20,9 @@ scoped :class:`torch.overrides.TorchFunctionMode` maps every ReLU *call* to the 
 :class:`torch.autograd.Function`. It sees ``F.relu`` (which every ``nn.ReLU`` module calls,
 in-place or not), ``torch.relu``, ``torch.relu_``, ``Tensor.relu``, ``Tensor.relu_`` and the
 clamps that are ReLUs (``clamp``/``clip`` with ``min=0`` and no ``max``, ``clamp_min(0)``, and
-their in-place forms), so models written with functional ReLUs are covered too. Activations that
+their in-place forms), so models written with functional ReLUs are covered too, and the aten
+operators they become in a ``torch.export`` graph (``aten.relu.default``…), so the modules
+``torch.export.unflatten`` rebuilds get the same rule. Activations that
 are not ReLUs (``hardswish``, ``relu6``, ``leaky_relu``, GELU…) keep their true gradient.
 
 Example:
@@ -44,12 +46,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 from torch.overrides import TorchFunctionMode
 
 from deepscope.attribution._autograd import input_grads
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, Context, MethodOutput
+from deepscope.hooks import TORCHSCRIPT_WAY_OUT
 
 __all__ = ["RULES", "DeconvNet", "GuidedBackprop", "RuleName", "relu_rules"]
 
@@ -59,9 +62,10 @@ RuleName = Literal["gradient", "deconvnet", "guided", "redirected"]
 # --------------------------------------------------------------------------- the rules
 
 
-# Backward passes call aten operators directly: one fused kernel each, and never mistaken for a
-# model ReLU by the mode below (which matches the Python-level functions only), also when the
-# backward runs inside the block with ``create_graph=True``.
+# Backward passes call aten operator packets directly (``_aten.relu``): one fused kernel each, and
+# never mistaken for a model ReLU by the mode below, also when the backward runs inside the block
+# with ``create_graph=True``: the mode matches the Python-level functions and the ``.default``
+# overloads that a ``torch.export`` graph calls, never a packet.
 _aten = torch.ops.aten
 
 
@@ -200,6 +204,15 @@ _RELU_CALLS: dict[Callable[..., Any], _Matcher] = {
     Tensor.clamp_min: _clamp_min_match(False),
     torch.clamp_min_: _clamp_min_match(True),
     Tensor.clamp_min_: _clamp_min_match(True),
+    # What nn.ReLU and the clamps above become in a torch.export graph (torch.export.unflatten modules).
+    _aten.relu.default: _relu_match(False),
+    _aten.relu_.default: _relu_match(True),
+    _aten.clamp.default: _clamp_match(False),
+    _aten.clamp_.default: _clamp_match(True),
+    _aten.clip.default: _clamp_match(False),
+    _aten.clip_.default: _clamp_match(True),
+    _aten.clamp_min.default: _clamp_min_match(False),
+    _aten.clamp_min_.default: _clamp_min_match(True),
 }
 
 
@@ -229,7 +242,7 @@ class _ReLURuleMode(TorchFunctionMode):
 
 
 @contextmanager
-def relu_rules(rule: RuleName) -> Iterator[None]:
+def relu_rules(rule: RuleName, model: nn.Module | None = None) -> Iterator[None]:
     """Apply a ReLU backward rule to every forward + backward run inside the block.
 
     The model is not modified (no hook, no module swap, no flag): the rule is attached to the
@@ -239,12 +252,23 @@ def relu_rules(rule: RuleName) -> Iterator[None]:
 
     Args:
         rule: ``"gradient"`` (the true gradient), ``"deconvnet"``, ``"guided"`` or ``"redirected"``.
+        model: the model the block runs, checked first: the rule cannot reach the ReLUs that
+            TorchScript modules run in their own interpreter, which would silently keep their
+            true gradient.
 
     Raises:
         ValueError: unknown rule.
+        TypeError: ``model`` holds a TorchScript module.
     """
     if rule not in RULES:
         raise ValueError(f"unknown ReLU rule {rule!r}; valid: {', '.join(map(repr, RULES))}")
+    modules = model.named_modules() if model is not None else ()
+    scripted = [name for name, module in modules if isinstance(module, torch.jit.ScriptModule)]
+    if scripted:
+        raise TypeError(
+            f"the {rule!r} ReLU rule cannot reach the ReLUs of TorchScript module {scripted[0] or '(the model)'!r}, "
+            f"which run in TorchScript's interpreter: {TORCHSCRIPT_WAY_OUT}"
+        )
     with _ReLURuleMode(RULES[rule]):
         yield
 
@@ -259,7 +283,7 @@ class _RuleGradient(Attribution):
     rule: ClassVar[RuleName]
 
     def compute(self, ctx: Context) -> MethodOutput:
-        with relu_rules(self.rule):
+        with relu_rules(self.rule, ctx.model):
             result = input_grads(ctx.model, ctx.inputs, ctx.target)
         return MethodOutput(maps=result.grads, scores=result.scores, output=result.output)
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from deepscope.attribution._autograd import forward_scores, layer_acts_and_grads
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, Context, MethodOutput
+from deepscope.layers import is_layer
 from deepscope.targets import ClassTarget, PredictedClass, Target
 
 __all__ = ["CAM", "GradCAM", "GradCAMpp", "GuidedGradCAM", "LayerCAM", "ScoreCAM", "XGradCAM"]
@@ -127,7 +128,7 @@ class CAM(_CAMBase):
         estimate = grads.sum(dim=(2, 3))  # (N, C): h·w · mean_ij ∂y_c/∂A = w_c on a GAP + linear head
         spread = (grads - grads.mean(dim=(2, 3), keepdim=True)).abs().amax()
         if spread <= 1e-4 * grads.abs().amax():  # the gradient is constant over positions, as after GAP
-            heads = [m for m in ctx.model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
+            heads = [m for m in ctx.model.modules() if is_layer(m, nn.Linear) and m.weight.shape[1] == channels]
             scale = estimate.norm(dim=1).clamp_min(torch.finfo(estimate.dtype).tiny)  # (N,)
             for head in reversed(heads):
                 rows = head.weight.detach().float()  # (K, C)

@@ -9,7 +9,6 @@ never touched: the check randomises a deep copy.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepscope._model_copy import model_copy
 from deepscope.attribution._autograd import forward_scores
 from deepscope.attribution.base import Attribution, build_method, check_inputs, explain
 from deepscope.attribution.result import AttributionMap
@@ -308,7 +308,7 @@ def sanity_check(
         generator = torch.Generator()
         generator.seed()
     try:
-        subject = copy.deepcopy(model)
+        subject = model_copy(model)
     except Exception as error:  # any failure to copy means the check cannot run safely
         raise TypeError(f"sanity_check randomises a deep copy of the model, and copying failed: {error}") from error
     subject.eval()

@@ -121,7 +121,7 @@ def feature_vis(
         for step in track(range(steps), "feature visualisation"):
             images = image()
             x = (transform(images, g) if transform is not None else images).contiguous()  # crops are views
-            with relu_rules("redirected") if step < redirect else contextlib.nullcontext():
+            with relu_rules("redirected", model) if step < redirect else contextlib.nullcontext():
                 captured = _forward(
                     model, modules, preprocess(x) if preprocess is not None else x, OUTPUT in goal.layers
                 )
