@@ -13,6 +13,7 @@ from torch import nn
 
 import deepscope as ds
 from _model_state import assert_unchanged, fingerprint
+from conftest import TinyCNN
 from deepscope.attribution.sanity import sanity_check
 from deepscope.cli import main
 from deepscope.featurevis.objectives import class_logit
@@ -28,34 +29,14 @@ needs_layer_types = pytest.mark.xfail(
 )
 
 
-class SmallNet(nn.Module):
-    """Every kind of layer the type- and call-based analyses look for: conv, BatchNorm, in-place ReLU, pools, linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(12, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
-
-
 def small_net() -> nn.Module:
-    """The CLI's ``module:factory`` for the tests below."""
-    return SmallNet()
+    """The CLI's ``module:factory`` for the tests below: conv, BatchNorm, in-place ReLU, pools and a linear head."""
+    return TinyCNN(num_classes=5)
 
 
 def _trained_like(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = SmallNet().eval()
+    model = small_net().eval()
     with torch.no_grad():
         model.features[1].running_mean.uniform_(-0.2, 0.2)
         model.features[1].running_var.uniform_(0.5, 1.5)
