@@ -54,7 +54,7 @@ from deepscope.attribution._autograd import input_grads
 from deepscope.attribution.base import ATTRIBUTIONS, Attribution, Context, MethodOutput
 from deepscope.hooks import TORCHSCRIPT_WAY_OUT
 
-__all__ = ["RULES", "DeconvNet", "GuidedBackprop", "RuleName", "relu_rules"]
+__all__ = ["RULES", "DeconvNet", "GuidedBackprop", "RuleName", "check_rules_reach", "relu_rules"]
 
 RuleName = Literal["gradient", "deconvnet", "guided", "redirected"]
 
@@ -262,15 +262,24 @@ def relu_rules(rule: RuleName, model: nn.Module | None = None) -> Iterator[None]
     """
     if rule not in RULES:
         raise ValueError(f"unknown ReLU rule {rule!r}; valid: {', '.join(map(repr, RULES))}")
-    modules = model.named_modules() if model is not None else ()
-    scripted = [name for name, module in modules if isinstance(module, torch.jit.ScriptModule)]
+    if model is not None:
+        check_rules_reach(model, rule)
+    with _ReLURuleMode(RULES[rule]):
+        yield
+
+
+def check_rules_reach(model: nn.Module, rule: RuleName) -> None:
+    """Raise ``TypeError`` when ``model`` holds a TorchScript module, whose ReLUs no rule can reach.
+
+    TorchScript runs them in its own interpreter, where they would silently keep their true gradient.
+    Callers that enter :func:`relu_rules` many times on one model check it once with this.
+    """
+    scripted = [name for name, module in model.named_modules() if isinstance(module, torch.jit.ScriptModule)]
     if scripted:
         raise TypeError(
             f"the {rule!r} ReLU rule cannot reach the ReLUs of TorchScript module {scripted[0] or '(the model)'!r}, "
             f"which run in TorchScript's interpreter: {TORCHSCRIPT_WAY_OUT}"
         )
-    with _ReLURuleMode(RULES[rule]):
-        yield
 
 
 # --------------------------------------------------------------------------- the methods

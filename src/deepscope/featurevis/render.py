@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from deepscope._forward import forward_until
 from deepscope._progress import track
-from deepscope.attribution.backprop_rules import relu_rules
+from deepscope.attribution.backprop_rules import check_rules_reach, relu_rules
 from deepscope.featurevis.objectives import IMAGE, OUTPUT, Objective, channel, class_logit, neuron
 from deepscope.featurevis.param import ImageParam, make_param
 from deepscope.featurevis.transforms import Transform, resolve
@@ -114,6 +114,8 @@ def feature_vis(
     modules = resolve_layers(model, sorted(goal.layers - {OUTPUT, IMAGE})) if goal.layers - {OUTPUT, IMAGE} else {}
     optimizer = _adam(image.parameters(), lr)
     values = []
+    if redirect:
+        check_rules_reach(model, "redirected")  # once, not at each redirected step
     with preserved(model):
         model.eval()
         for p in model.parameters():
@@ -121,7 +123,7 @@ def feature_vis(
         for step in track(range(steps), "feature visualisation"):
             images = image()
             x = (transform(images, g) if transform is not None else images).contiguous()  # crops are views
-            with relu_rules("redirected", model) if step < redirect else contextlib.nullcontext():
+            with relu_rules("redirected") if step < redirect else contextlib.nullcontext():
                 captured = _forward(
                     model, modules, preprocess(x) if preprocess is not None else x, OUTPUT in goal.layers
                 )
