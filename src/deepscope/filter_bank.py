@@ -61,7 +61,6 @@ def filters(model: nn.Module, layer: LayerSpec | None = None, *, normalize: Norm
     else:
         name, module = resolve_layer(model, layer)
     weight = getattr(module, "weight", None)
-    convolution = any(is_layer(module, kind) for kind in (nn.Conv2d, nn.ConvTranspose2d))
-    if not convolution or not isinstance(weight, Tensor) or weight.ndim != 4:
+    if not is_layer(module, (nn.Conv2d, nn.ConvTranspose2d)) or not isinstance(weight, Tensor) or weight.ndim != 4:
         raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a 2-D convolution")
     return FilterBank(name, weight.detach().float().cpu().clone(), normalize, library_versions())

@@ -195,13 +195,19 @@ def _exported_from(module: nn.Module) -> str | None:
     return qualified if isinstance(qualified, str) else None
 
 
-def is_layer(module: nn.Module, kind: type[nn.Module]) -> bool:
-    """``isinstance(module, kind)``, also for a module that ``torch.export.unflatten`` rebuilt from a ``kind``.
+def is_layer(module: nn.Module, kinds: type[nn.Module] | tuple[type[nn.Module], ...]) -> bool:
+    """``isinstance(module, kinds)``, also for a module that ``torch.export.unflatten`` rebuilt from one of ``kinds``.
 
     Unflattened modules run the exported graph and lose their class; the class they came from is
-    compared by its qualified name, so subclasses of ``kind`` are not recognised there.
+    compared by its qualified name, so subclasses of ``kinds`` are not recognised there.
     """
-    return isinstance(module, kind) or _exported_from(module) == f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(module, kinds):
+        return True
+    exported = _exported_from(module)
+    return exported is not None and any(
+        exported == f"{kind.__module__}.{kind.__qualname__}"
+        for kind in (kinds if isinstance(kinds, tuple) else (kinds,))
+    )
 
 
 def _type_name(module: nn.Module) -> str:
@@ -340,10 +346,6 @@ def _input_signature(example_input: Any) -> Any:
     return repr(example_input)
 
 
-def _is_pooling(module: nn.Module, kinds: Sequence[type[nn.Module]]) -> bool:
-    return any(is_layer(module, kind) for kind in kinds)
-
-
 def _find_spatial_layer(model: nn.Module, example_input: Any) -> str:
     args, kwargs = _split_input(example_input, model_device(model))
     seen: list[tuple[str, tuple[int, ...]]] = []
@@ -372,6 +374,6 @@ def _find_spatial_layer(model: nn.Module, example_input: Any) -> str:
             "for token outputs such as a ViT's (N, 1 + H*W, C)"
         )
     pooling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # a resize before the head, not a feature map
-    seen = [(name, shape) for name, shape in seen if not _is_pooling(model.get_submodule(name), pooling)] or seen
+    seen = [(name, shape) for name, shape in seen if not is_layer(model.get_submodule(name), pooling)] or seen
     spatial = [name for name, shape in seen if shape[2] * shape[3] > 1]
     return (spatial or [name for name, _ in seen])[-1]

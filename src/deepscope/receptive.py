@@ -245,13 +245,13 @@ class _GeometryMode(TorchFunctionMode):
         name = _function_name(func)
         if name in _NORMALISATIONS:
             return args[0]
-        with_indices = name.endswith("with_indices") or _returns_pair(func)  # aten's adaptive_max_pool2d is a pair
         if name.startswith("max_pool"):
             out, asked = _average_pool(*args, **kwargs)
-            with_indices = with_indices or asked
+            with_indices = asked or name.endswith("with_indices")
         elif name.startswith("adaptive_max_pool"):
             x = args[0]
             out = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[x.ndim - 2](x, args[1])
+            with_indices = name.endswith("with_indices") or _returns_pair(func)  # aten's adaptive_max_pool2d is a pair
         else:
             return self._counted(func(*args, **kwargs), name, args)
         out = self._counted(out, name, args)
